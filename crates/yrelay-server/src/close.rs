@@ -1,0 +1,124 @@
+//! The one place that decides which WebSocket close code a failure gets.
+//!
+//! | code | when |
+//! |---|---|
+//! | 1000 | normal close (the peer closed, or the server had nothing else to say) |
+//! | 1001 | the server is shutting down; reconnect to another node or later |
+//! | 1003 | a text frame: the protocol is binary only |
+//! | 1007 | a malformed message or an update the document refused (reason says which) |
+//! | 1009 | a message larger than `limits.max_message_bytes` |
+//! | 1011 | an internal error |
+//! | 1013 | slow consumer: the outbound queue overflowed; reconnect and resync |
+//! | 4000 | ping timeout: nothing received for `ping_interval + pong_timeout` |
+//!
+//! The official client reconnects after any close and resyncs by state vector, so none of
+//! these loses an update.
+
+use std::borrow::Cow;
+
+use yrelay_doc::{DocError, ProtocolError};
+
+/// Normal closure.
+pub const NORMAL: u16 = 1000;
+/// Server shutting down.
+pub const GOING_AWAY: u16 = 1001;
+/// Text frame received.
+pub const UNSUPPORTED_DATA: u16 = 1003;
+/// Malformed message or refused update.
+pub const INVALID_PAYLOAD: u16 = 1007;
+/// Message too big.
+pub const MESSAGE_TOO_BIG: u16 = 1009;
+/// Internal error.
+pub const INTERNAL_ERROR: u16 = 1011;
+/// Slow consumer.
+pub const TRY_AGAIN_LATER: u16 = 1013;
+/// No sign of life from the peer.
+pub const PING_TIMEOUT: u16 = 4000;
+
+/// A close code with its reason text (at most 123 bytes, as RFC 6455 allows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    /// The close code.
+    pub code: u16,
+    /// Human-readable reason.
+    pub reason: Cow<'static, str>,
+}
+
+impl CloseReason {
+    fn new(code: u16, reason: impl Into<Cow<'static, str>>) -> Self {
+        let mut reason = reason.into();
+        if reason.len() > 123 {
+            let mut cut = 123;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason = Cow::Owned(reason[..cut].to_owned());
+        }
+        Self { code, reason }
+    }
+
+    /// Normal closure.
+    pub fn normal() -> Self {
+        Self::new(NORMAL, "")
+    }
+    /// The server is shutting down.
+    pub fn shutdown() -> Self {
+        Self::new(GOING_AWAY, "server shutting down")
+    }
+    /// A text frame arrived.
+    pub fn text_frame() -> Self {
+        Self::new(UNSUPPORTED_DATA, "text frames are not supported: binary y-protocols only")
+    }
+    /// A message exceeded the size limit.
+    pub fn too_big(limit: usize) -> Self {
+        Self::new(MESSAGE_TOO_BIG, format!("message larger than {limit} bytes"))
+    }
+    /// The outbound queue overflowed.
+    pub fn slow_consumer() -> Self {
+        Self::new(TRY_AGAIN_LATER, "slow consumer: outbound queue full, reconnect to resync")
+    }
+    /// Nothing arrived from the peer in time.
+    pub fn ping_timeout() -> Self {
+        Self::new(PING_TIMEOUT, "ping timeout")
+    }
+    /// A malformed message.
+    pub fn protocol(err: &ProtocolError) -> Self {
+        Self::new(INVALID_PAYLOAD, format!("malformed message: {err}"))
+    }
+    /// The document refused an update.
+    pub fn refused(err: &DocError) -> Self {
+        match err {
+            DocError::Panicked => Self::new(INTERNAL_ERROR, err.to_string()),
+            _ => Self::new(INVALID_PAYLOAD, err.to_string()),
+        }
+    }
+    /// Something failed inside the server.
+    pub fn internal(what: &'static str) -> Self {
+        Self::new(INTERNAL_ERROR, what)
+    }
+    /// A stable label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self.code {
+            NORMAL => "normal",
+            GOING_AWAY => "shutdown",
+            UNSUPPORTED_DATA => "text_frame",
+            INVALID_PAYLOAD => "invalid_payload",
+            MESSAGE_TOO_BIG => "too_big",
+            TRY_AGAIN_LATER => "slow_consumer",
+            PING_TIMEOUT => "ping_timeout",
+            _ => "internal",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_fit_in_a_close_frame() {
+        let long = CloseReason::new(1007, "é".repeat(200));
+        assert!(long.reason.len() <= 123);
+        assert!(long.reason.chars().all(|c| c == 'é'));
+    }
+}

@@ -1,0 +1,253 @@
+//! Server configuration: one struct with documented defaults.
+//!
+//! Precedence, lowest first: built-in defaults, the TOML file given with `--config`, `YRELAY_*`
+//! environment variables, command-line flags. Every limit and timeout the server applies lives
+//! here; handlers read them from [`Config`] rather than carrying numbers of their own.
+//!
+//! A complete file with every default is in `docs/configuration.md`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything the server needs to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on. Default `127.0.0.1:1234`, the port y-websocket users expect.
+    pub listen: SocketAddr,
+    /// Directory for the server's data. Created at start if missing. Default `./yrelay-data`.
+    pub data_dir: PathBuf,
+    /// PEM certificate chain; with `tls_key`, the server speaks `wss://` (rustls).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Size and queue limits.
+    pub limits: Limits,
+    /// Timers.
+    pub timeouts: Timeouts,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 1234)),
+            data_dir: PathBuf::from("yrelay-data"),
+            tls_cert: None,
+            tls_key: None,
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// Size and queue limits. Every refusal they cause is reported to the client (close code or
+/// HTTP status) and counted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest WebSocket message accepted, in bytes. Larger ones close the connection with
+    /// 1009. Default 32 MiB (a 5 MB paste is an ordinary update).
+    pub max_message_bytes: usize,
+    /// Longest room name, in bytes after percent-decoding. Default 256.
+    pub max_room_name_bytes: usize,
+    /// Frames that may wait in one connection's outbound queue. A connection whose queue is
+    /// full is closed with 1013 and resyncs when it reconnects. Default 1024.
+    pub outbound_queue_frames: usize,
+    /// Bytes that may wait in one connection's outbound queue (same consequence). Default 64 MiB.
+    pub outbound_queue_bytes: usize,
+    /// Messages that may wait for a room task; readers wait (TCP backpressure) when it is
+    /// full. Default 256.
+    pub room_inbox: usize,
+    /// Deepest nesting accepted inside an update's JSON-like content. Default 64.
+    pub max_nesting_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 32 << 20,
+            max_room_name_bytes: 256,
+            outbound_queue_frames: 1024,
+            outbound_queue_bytes: 64 << 20,
+            room_inbox: 256,
+            max_nesting_depth: 64,
+        }
+    }
+}
+
+/// Timers, in milliseconds (TOML keys end in `_ms`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timeouts {
+    /// How often the server sends a WebSocket ping. Default 30 000.
+    pub ping_interval_ms: u64,
+    /// A connection from which nothing (not even a pong) arrived for `ping_interval_ms +
+    /// pong_timeout_ms` is closed with 4000. Default 30 000.
+    pub pong_timeout_ms: u64,
+    /// A connection that was sent nothing for this long gets an empty awareness message, so
+    /// the official client's 30-second "no message received" timer never fires while the
+    /// server is alive. Must stay under 30 000. Default 15 000.
+    pub keepalive_interval_ms: u64,
+    /// A room with no connections stays in memory this long before it is dropped. Default
+    /// 60 000.
+    pub room_idle_ms: u64,
+    /// How long shutdown waits for connections to close and rooms to finish. Default 10 000.
+    pub shutdown_ms: u64,
+    /// Time allowed for a TLS handshake. Default 10 000.
+    pub tls_handshake_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            ping_interval_ms: 30_000,
+            pong_timeout_ms: 30_000,
+            keepalive_interval_ms: 15_000,
+            room_idle_ms: 60_000,
+            shutdown_ms: 10_000,
+            tls_handshake_ms: 10_000,
+        }
+    }
+}
+
+impl Timeouts {
+    /// [`Timeouts::ping_interval_ms`] as a duration.
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms)
+    }
+    /// [`Timeouts::pong_timeout_ms`] as a duration.
+    pub fn pong_timeout(&self) -> Duration {
+        Duration::from_millis(self.pong_timeout_ms)
+    }
+    /// [`Timeouts::keepalive_interval_ms`] as a duration.
+    pub fn keepalive_interval(&self) -> Duration {
+        Duration::from_millis(self.keepalive_interval_ms)
+    }
+    /// [`Timeouts::room_idle_ms`] as a duration.
+    pub fn room_idle(&self) -> Duration {
+        Duration::from_millis(self.room_idle_ms)
+    }
+    /// [`Timeouts::shutdown_ms`] as a duration.
+    pub fn shutdown(&self) -> Duration {
+        Duration::from_millis(self.shutdown_ms)
+    }
+    /// [`Timeouts::tls_handshake_ms`] as a duration.
+    pub fn tls_handshake(&self) -> Duration {
+        Duration::from_millis(self.tls_handshake_ms)
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for [`Config`].
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of its allowed range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file; keys it omits keep their defaults.
+    pub fn from_toml_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Checks ranges that the types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |msg: &str| Err(ConfigError::Invalid(msg.to_owned()));
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return bad("tls_cert and tls_key must be given together");
+        }
+        let l = &self.limits;
+        if l.max_message_bytes < 1024 {
+            return bad("limits.max_message_bytes must be at least 1024");
+        }
+        if l.max_room_name_bytes == 0 {
+            return bad("limits.max_room_name_bytes must be at least 1");
+        }
+        if l.outbound_queue_frames == 0 || l.room_inbox == 0 {
+            return bad("limits.outbound_queue_frames and limits.room_inbox must be at least 1");
+        }
+        if l.outbound_queue_bytes < l.max_message_bytes {
+            return bad("limits.outbound_queue_bytes must be at least limits.max_message_bytes");
+        }
+        if l.max_nesting_depth == 0 {
+            return bad("limits.max_nesting_depth must be at least 1");
+        }
+        let t = &self.timeouts;
+        if t.ping_interval_ms == 0 || t.keepalive_interval_ms == 0 {
+            return bad("timeouts.ping_interval_ms and keepalive_interval_ms must be above 0");
+        }
+        if t.keepalive_interval_ms >= 30_000 {
+            return bad("timeouts.keepalive_interval_ms must be below 30000 (the official client gives up after 30 s of silence)");
+        }
+        Ok(())
+    }
+
+    /// Whether TLS is configured.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert.is_some() && self.tls_key.is_some()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_documented_values() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:1234");
+        assert!(c.timeouts.keepalive_interval_ms < 30_000);
+    }
+
+    #[test]
+    fn partial_toml_keeps_defaults() {
+        let c: Config = toml::from_str(
+            "listen = \"0.0.0.0:9000\"\n[limits]\nmax_message_bytes = 2048\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.limits.max_message_bytes, 2048);
+        assert_eq!(c.limits.room_inbox, Limits::default().room_inbox);
+        assert_eq!(c.timeouts, Timeouts::default());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_ranges_are_refused() {
+        assert!(toml::from_str::<Config>("lisen = \"x\"").is_err());
+        let mut c = Config::default();
+        c.timeouts.keepalive_interval_ms = 30_000;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.tls_cert = Some("a.pem".into());
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,291 @@
+//! One WebSocket connection: a reader and a writer, written against a generic frame
+//! `Stream`/`Sink` so tests can drive them through channels without sockets.
+//!
+//! - The **reader** decodes and validates each binary frame (so the CPU cost of hostile input
+//!   lands on the connection that sent it, not on the room) and forwards it to the room,
+//!   waiting when the room's inbox is full. A malformed frame closes this connection with 1007;
+//!   the room never sees it.
+//! - The **writer** drains the outbound queue, writing everything that is queued before one
+//!   flush, sends WebSocket pings, closes peers that stopped answering, and sends an empty
+//!   awareness message to connections that were sent nothing for `keepalive_interval`.
+//!
+//! Whatever ends the connection, the reader tells the room it left, so the room removes the
+//! awareness states it introduced and broadcasts the removal.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::{interval_at, Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use yrelay_doc::codec::KEEPALIVE_FRAME;
+use yrelay_doc::{decode_client_message, ClientMessage, ValidateLimits};
+
+use crate::close::CloseReason;
+use crate::config::Config;
+use crate::room::{ConnControl, ConnId, Registry, RoomCmd, Subscriber};
+
+/// A frame received from the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// A binary message.
+    Binary(Bytes),
+    /// A text message (refused).
+    Text,
+    /// A ping (the transport answers it).
+    Ping,
+    /// A pong.
+    Pong,
+    /// The peer closes.
+    Close,
+}
+
+/// A frame to send to the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    /// A binary message.
+    Binary(Bytes),
+    /// A ping.
+    Ping,
+    /// A close frame, after which nothing more is sent.
+    Close(CloseReason),
+}
+
+/// A transport failure while reading.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// The peer sent a message above the size limit.
+    #[error("message too big")]
+    TooBig,
+    /// Any other transport error; the connection is unusable.
+    #[error("transport error: {0}")]
+    Transport(String),
+}
+
+/// What a connection needs from the server.
+#[derive(Clone)]
+pub struct ConnContext {
+    /// The room registry.
+    pub registry: Arc<Registry>,
+    /// Server configuration.
+    pub config: Arc<Config>,
+    /// Cancelled when the server shuts down.
+    pub shutdown: CancellationToken,
+}
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Serves one connection to `room` until it ends.
+pub async fn serve<St, Si>(room: Arc<str>, stream: St, sink: Si, ctx: ConnContext)
+where
+    St: Stream<Item = Result<Incoming, ReadError>> + Unpin,
+    Si: Sink<Outgoing> + Unpin,
+{
+    let id: ConnId = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
+    let limits = &ctx.config.limits;
+    let (tx, rx) = mpsc::channel(limits.outbound_queue_frames);
+    let control = Arc::new(ConnControl::child_of(&ctx.shutdown));
+    let sub = Subscriber {
+        id,
+        tx,
+        queued_bytes: Arc::new(AtomicUsize::new(0)),
+        control: Arc::clone(&control),
+    };
+    let queued = Arc::clone(&sub.queued_bytes);
+    let started = Instant::now();
+    let last_seen = Arc::new(AtomicU64::new(0));
+
+    metrics::gauge!("yrelay_connections").increment(1.0);
+    match ctx.registry.join(&room, sub).await {
+        Ok(handle) => {
+            let reader = read_loop(id, stream, &handle, &control, &ctx, started, &last_seen);
+            let writer = write_loop(sink, rx, &queued, &control, &ctx, started, &last_seen);
+            tokio::join!(
+                async {
+                    reader.await;
+                    // However the reader ended, the writer must finish too.
+                    control.cancel.cancel();
+                    handle.send(RoomCmd::Leave { conn: id }).await;
+                },
+                writer
+            );
+        }
+        Err(err) => {
+            debug!(error = %err, "join refused");
+            let mut sink = sink;
+            let _ = sink.send(Outgoing::Close(CloseReason::shutdown())).await;
+            let _ = sink.close().await;
+        }
+    }
+    metrics::gauge!("yrelay_connections").decrement(1.0);
+}
+
+fn millis_since(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+async fn read_loop<St>(
+    id: ConnId,
+    mut stream: St,
+    room: &crate::room::RoomHandle,
+    control: &ConnControl,
+    ctx: &ConnContext,
+    started: Instant,
+    last_seen: &AtomicU64,
+) where
+    St: Stream<Item = Result<Incoming, ReadError>> + Unpin,
+{
+    let validate = ValidateLimits {
+        max_depth: ctx.config.limits.max_nesting_depth,
+    };
+    loop {
+        let item = tokio::select! {
+            () = control.cancel.cancelled() => return,
+            item = stream.next() => item,
+        };
+        last_seen.store(millis_since(started), Ordering::Relaxed);
+        let frame = match item {
+            None | Some(Ok(Incoming::Close)) => return,
+            Some(Ok(Incoming::Ping | Incoming::Pong)) => continue,
+            Some(Ok(Incoming::Text)) => {
+                metrics::counter!("yrelay_protocol_errors_total", "reason" => "text_frame")
+                    .increment(1);
+                control.close(CloseReason::text_frame());
+                return;
+            }
+            Some(Err(ReadError::TooBig)) => {
+                metrics::counter!("yrelay_protocol_errors_total", "reason" => "too_big")
+                    .increment(1);
+                control.close(CloseReason::too_big(ctx.config.limits.max_message_bytes));
+                return;
+            }
+            Some(Err(ReadError::Transport(e))) => {
+                debug!(error = %e, "read failed");
+                return;
+            }
+            Some(Ok(Incoming::Binary(frame))) => frame,
+        };
+        metrics::counter!("yrelay_bytes_received_total").increment(frame.len() as u64);
+        let msg = match decode_client_message(&frame, &validate) {
+            Ok(msg) => msg,
+            Err(err) => {
+                warn!(conn = id, error = %err, "malformed message");
+                metrics::counter!("yrelay_protocol_errors_total", "reason" => "malformed")
+                    .increment(1);
+                control.close(CloseReason::protocol(&err));
+                return;
+            }
+        };
+        metrics::counter!("yrelay_messages_received_total", "type" => msg.kind()).increment(1);
+        if let ClientMessage::Unknown(t) = msg {
+            debug!(conn = id, message_type = t, "ignoring unknown message type");
+            continue;
+        }
+        if matches!(msg, ClientMessage::Auth) {
+            continue;
+        }
+        let cmd = RoomCmd::Message {
+            conn: id,
+            frame,
+            msg,
+        };
+        let sent = tokio::select! {
+            () = control.cancel.cancelled() => return,
+            sent = room.send(cmd) => sent,
+        };
+        if !sent {
+            control.close(CloseReason::internal("room stopped"));
+            return;
+        }
+    }
+}
+
+async fn write_loop<Si>(
+    mut sink: Si,
+    mut rx: mpsc::Receiver<Bytes>,
+    queued: &AtomicUsize,
+    control: &ConnControl,
+    ctx: &ConnContext,
+    started: Instant,
+    last_seen: &AtomicU64,
+) where
+    Si: Sink<Outgoing> + Unpin,
+{
+    let timeouts = &ctx.config.timeouts;
+    let ping_every = timeouts.ping_interval();
+    let silence_limit = ping_every + timeouts.pong_timeout();
+    let keepalive = timeouts.keepalive_interval();
+    let mut ping = interval_at(Instant::now() + ping_every, ping_every);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_sent = Instant::now();
+    let reason = loop {
+        tokio::select! {
+            biased;
+            () = control.cancel.cancelled() => break control.reason(),
+            frame = rx.recv() => {
+                let Some(frame) = frame else { break None };
+                if write_batch(&mut sink, frame, &mut rx, queued).await.is_err() {
+                    control.cancel.cancel();
+                    return;
+                }
+                last_sent = Instant::now();
+            }
+            _ = ping.tick() => {
+                let seen = started + std::time::Duration::from_millis(last_seen.load(Ordering::Relaxed));
+                if seen.elapsed() >= silence_limit {
+                    metrics::counter!("yrelay_ping_timeouts_total").increment(1);
+                    control.close(CloseReason::ping_timeout());
+                    continue;
+                }
+                if sink.send(Outgoing::Ping).await.is_err() {
+                    control.cancel.cancel();
+                    return;
+                }
+            }
+            () = tokio::time::sleep_until(last_sent + keepalive) => {
+                if sink.send(Outgoing::Binary(Bytes::from_static(KEEPALIVE_FRAME))).await.is_err() {
+                    control.cancel.cancel();
+                    return;
+                }
+                last_sent = Instant::now();
+            }
+        }
+    };
+    let reason = reason.unwrap_or_else(|| {
+        if ctx.shutdown.is_cancelled() {
+            CloseReason::shutdown()
+        } else {
+            CloseReason::normal()
+        }
+    });
+    metrics::counter!("yrelay_connections_closed_total", "reason" => reason.label()).increment(1);
+    let _ = sink.send(Outgoing::Close(reason)).await;
+    let _ = sink.close().await;
+}
+
+/// Writes `first` and everything else already queued (up to a bound), then flushes once.
+async fn write_batch<Si>(
+    sink: &mut Si,
+    first: Bytes,
+    rx: &mut mpsc::Receiver<Bytes>,
+    queued: &AtomicUsize,
+) -> Result<(), Si::Error>
+where
+    Si: Sink<Outgoing> + Unpin,
+{
+    const MAX_BATCH: usize = 256;
+    let mut written = first.len();
+    sink.feed(Outgoing::Binary(first)).await?;
+    for _ in 1..MAX_BATCH {
+        let Ok(frame) = rx.try_recv() else { break };
+        written += frame.len();
+        sink.feed(Outgoing::Binary(frame)).await?;
+    }
+    let flushed = sink.flush().await;
+    queued.fetch_sub(written, Ordering::AcqRel);
+    metrics::counter!("yrelay_bytes_sent_total").increment(written as u64);
+    flushed
+}

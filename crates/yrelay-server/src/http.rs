@@ -1,0 +1,192 @@
+//! The warp adapter: routes, and the bridge between warp's WebSocket and [`crate::conn`].
+//!
+//! This is the only module that knows about warp.
+//!
+//! | route | answer |
+//! |---|---|
+//! | WebSocket upgrade on `/<room>` (any path) | y-websocket protocol for the percent-decoded room name |
+//! | `GET /healthz` | `200 ok` while the process serves |
+//! | anything else | `404`, or `400` with the reason for an unusable room name |
+//!
+//! A WebSocket upgrade is matched before anything else, so a room may be called `healthz`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use percent_encoding::percent_decode_str;
+use warp::filters::path::FullPath;
+use warp::filters::ws::{Message, WebSocket, Ws};
+use warp::http::StatusCode;
+use warp::reply::Reply;
+use warp::Filter;
+
+use crate::conn::{self, ConnContext, Incoming, Outgoing, ReadError};
+use crate::server::AppState;
+
+/// The peer address of a request, inserted by the accept loop.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// Why a path cannot name a room.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RoomNameError {
+    /// `/` alone.
+    #[error("room name is empty: connect to /<room>")]
+    Empty,
+    /// Longer than the limit.
+    #[error("room name is longer than {0} bytes")]
+    TooLong(usize),
+    /// Percent-decoding gave invalid UTF-8.
+    #[error("room name is not valid UTF-8 after percent-decoding")]
+    NotUtf8,
+    /// Contains a control character.
+    #[error("room name contains a control character")]
+    ControlChar,
+}
+
+/// Turns a request path into a room name: everything after the first `/`, percent-decoded.
+/// Accepts what the official client sends (`serverUrl + '/' + room`), including names with
+/// `/`, spaces and any Unicode.
+pub fn room_name_from_path(path: &str, max_bytes: usize) -> Result<String, RoomNameError> {
+    let raw = path.strip_prefix('/').unwrap_or(path);
+    if raw.is_empty() {
+        return Err(RoomNameError::Empty);
+    }
+    let name = percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| RoomNameError::NotUtf8)?;
+    if name.len() > max_bytes {
+        return Err(RoomNameError::TooLong(max_bytes));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(RoomNameError::ControlChar);
+    }
+    Ok(name.into_owned())
+}
+
+/// All routes.
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone {
+    let with_state = warp::any().map(move || Arc::clone(&state));
+
+    let ws = warp::path::full()
+        .and(warp::ws())
+        .and(warp::ext::optional::<PeerAddr>())
+        .and(with_state)
+        .map(|path: FullPath, ws: Ws, peer: Option<PeerAddr>, state: Arc<AppState>| {
+            upgrade(path, ws, peer, state)
+        });
+
+    let healthz = warp::get()
+        .and(warp::path("healthz"))
+        .and(warp::path::end())
+        .map(|| warp::reply::with_status("ok\n", StatusCode::OK).into_response());
+
+    let fallback = warp::any().map(|| {
+        warp::reply::with_status(
+            "not found: WebSocket rooms are at /<room>; health at /healthz\n",
+            StatusCode::NOT_FOUND,
+        )
+        .into_response()
+    });
+
+    ws.or(healthz).unify().or(fallback).unify()
+}
+
+fn upgrade(
+    path: FullPath,
+    ws: Ws,
+    peer: Option<PeerAddr>,
+    state: Arc<AppState>,
+) -> warp::reply::Response {
+    let limits = &state.config.limits;
+    let room = match room_name_from_path(path.as_str(), limits.max_room_name_bytes) {
+        Ok(room) => room,
+        Err(err) => {
+            metrics::counter!("yrelay_http_refusals_total", "reason" => "room_name").increment(1);
+            return warp::reply::with_status(format!("{err}\n"), StatusCode::BAD_REQUEST)
+                .into_response();
+        }
+    };
+    let ws = ws
+        .max_message_size(limits.max_message_bytes)
+        .max_frame_size(limits.max_message_bytes);
+    let tracker = state.tracker.clone();
+    ws.on_upgrade(move |socket| {
+        tracker.track_future(async move {
+            let span = tracing::info_span!(
+                "conn",
+                room = %room,
+                peer = %peer.map(|p| p.0.to_string()).unwrap_or_default()
+            );
+            let _ = tracing::Instrument::instrument(serve_socket(room, socket, state), span).await;
+        })
+    })
+    .into_response()
+}
+
+async fn serve_socket(room: String, socket: WebSocket, state: Arc<AppState>) {
+    let (sink, stream) = socket.split();
+    let stream = stream.map(|item| match item {
+        Ok(msg) => Ok(incoming(msg)),
+        Err(err) => Err(read_error(&err)),
+    });
+    let sink = sink.with(|out: Outgoing| async move {
+        Ok::<_, warp::Error>(match out {
+            Outgoing::Binary(b) => Message::binary(b),
+            Outgoing::Ping => Message::ping(Vec::new()),
+            Outgoing::Close(r) => Message::close_with(r.code, r.reason),
+        })
+    });
+    let ctx = ConnContext {
+        registry: Arc::clone(&state.registry),
+        config: Arc::clone(&state.config),
+        shutdown: state.shutdown.clone(),
+    };
+    conn::serve(Arc::from(room), stream, Box::pin(sink), ctx).await;
+}
+
+fn incoming(msg: Message) -> Incoming {
+    if msg.is_binary() {
+        Incoming::Binary(msg.into_bytes())
+    } else if msg.is_text() {
+        Incoming::Text
+    } else if msg.is_ping() {
+        Incoming::Ping
+    } else if msg.is_pong() {
+        Incoming::Pong
+    } else {
+        Incoming::Close
+    }
+}
+
+fn read_error(err: &warp::Error) -> ReadError {
+    use std::error::Error as _;
+    let mut source = err.source();
+    while let Some(e) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = e.downcast_ref::<tungstenite::Error>() {
+            return ReadError::TooBig;
+        }
+        source = e.source();
+    }
+    ReadError::Transport(err.to_string())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_names() {
+        assert_eq!(room_name_from_path("/doc", 10).unwrap(), "doc");
+        assert_eq!(room_name_from_path("/a%20b/c", 10).unwrap(), "a b/c");
+        assert_eq!(room_name_from_path("/%C3%A9t%C3%A9", 10).unwrap(), "été");
+        assert_eq!(room_name_from_path("/", 10), Err(RoomNameError::Empty));
+        assert_eq!(room_name_from_path("/abcdefghijk", 10), Err(RoomNameError::TooLong(10)));
+        assert_eq!(room_name_from_path("/%FF", 10), Err(RoomNameError::NotUtf8));
+        assert_eq!(room_name_from_path("/a%0Ab", 10), Err(RoomNameError::ControlChar));
+    }
+}

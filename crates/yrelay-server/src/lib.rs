@@ -1,0 +1,28 @@
+//! yrelay: a Yjs sync relay speaking the y-websocket protocol over WebSockets (plain or TLS).
+//!
+//! The library holds the whole server; the `yrelay` binary only parses configuration,
+//! installs logging and handles signals, then calls [`run`].
+//!
+//! # Layout
+//! - [`config`]: [`Config`], every limit and timeout with its default.
+//! - [`server`]: [`run`] — accept loop, TLS, hyper connections, ordered shutdown.
+//! - [`http`]: the warp routes (the only module that knows warp) and room-name parsing.
+//! - [`conn`]: one connection's reader and writer, generic over a frame stream/sink.
+//! - [`room`]: the room registry and the one task per room that owns its document.
+//! - [`close`]: the table of WebSocket close codes, in one place.
+//! - [`tls`]: rustls configuration from PEM files.
+//!
+//! Data flow: the reader validates a frame (`yrelay-doc`), the room task applies it to its
+//! `RoomDoc` and fans out the already-framed bytes to every subscriber's bounded queue, and
+//! each writer flushes what is queued in one write.
+
+pub mod close;
+pub mod config;
+pub mod conn;
+pub mod http;
+pub mod room;
+pub mod server;
+pub mod tls;
+
+pub use config::Config;
+pub use server::run;

@@ -1,0 +1,152 @@
+//! The `yrelay` binary: parse configuration, install logging, handle signals, call
+//! [`yrelay_server::run`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::net::TcpListener;
+use yrelay_server::Config;
+
+/// yrelay: a Yjs sync relay compatible with the official y-websocket clients.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the relay.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// Flags override `YRELAY_*` environment variables, which override the config file, which
+/// overrides the built-in defaults (see docs/configuration.md).
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:1234].
+    #[arg(long, env = "YRELAY_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Data directory [default: ./yrelay-data].
+    #[arg(long, env = "YRELAY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// TOML configuration file.
+    #[arg(long, env = "YRELAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// PEM certificate chain (serve wss://; needs --tls-key).
+    #[arg(long, env = "YRELAY_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "YRELAY_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Largest WebSocket message accepted, in bytes [default: 33554432].
+    #[arg(long, env = "YRELAY_MAX_MESSAGE_BYTES")]
+    max_message_bytes: Option<usize>,
+    /// Milliseconds a room without connections stays in memory [default: 60000].
+    #[arg(long, env = "YRELAY_ROOM_IDLE_MS")]
+    room_idle_ms: Option<u64>,
+    /// Log format.
+    #[arg(long, env = "YRELAY_LOG_FORMAT", value_enum, default_value = "pretty")]
+    log_format: LogFormat,
+    /// Log filter, e.g. `info` or `yrelay_server=debug` [default: info].
+    #[arg(long, env = "YRELAY_LOG", default_value = "info")]
+    log: String,
+}
+
+impl ServeArgs {
+    fn to_config(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_toml_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = self.listen {
+            config.listen = v;
+        }
+        if let Some(v) = &self.data_dir {
+            config.data_dir = v.clone();
+        }
+        if let Some(v) = &self.tls_cert {
+            config.tls_cert = Some(v.clone());
+        }
+        if let Some(v) = &self.tls_key {
+            config.tls_key = Some(v.clone());
+        }
+        if let Some(v) = self.max_message_bytes {
+            config.limits.max_message_bytes = v;
+        }
+        if let Some(v) = self.room_idle_ms {
+            config.timeouts.room_idle_ms = v;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn init_tracing(format: LogFormat, filter: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("invalid log filter {filter:?}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let Command::Serve(args) = cli.command;
+    init_tracing(args.log_format, &args.log)?;
+    let config = args.to_config()?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let scheme = if config.tls_enabled() { "wss" } else { "ws" };
+    // The one line on stdout: tests and scripts read the bound address from it (useful with
+    // port 0). Everything else goes to the log on stderr.
+    #[allow(clippy::print_stdout)]
+    {
+        println!("yrelay listening on {scheme}://{addr}");
+    }
+    tracing::info!(%addr, scheme, data_dir = %config.data_dir.display(), "listening");
+    yrelay_server::run(listener, config, shutdown_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,473 @@
+//! Rooms: a registry from room name to the one task that owns each room's state.
+//!
+//! A room task is the single writer of its [`RoomDoc`]. Connections talk to it through a
+//! bounded inbox ([`RoomCmd`]); when the inbox is full, readers wait, which pushes back on
+//! their TCP sockets instead of dropping anything. The task fans frames out to subscribers
+//! through their bounded outbound queues ([`Subscriber::offer`]); a subscriber whose queue is
+//! full is disconnected with 1013 and resyncs when it reconnects — an update is never
+//! silently dropped.
+//!
+//! A room with no connections is dropped from memory after `timeouts.room_idle_ms`. Eviction
+//! and joining race safely: the task removes itself from the registry only while holding the
+//! registry lock and only if its inbox is empty; a join that still reaches a closing task gets
+//! no answer and retries on a fresh task.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info_span, warn, Instrument};
+use yrelay_doc::codec::{self, broadcast_frame};
+use yrelay_doc::{ClientMessage, RoomDoc};
+
+use crate::close::CloseReason;
+use crate::config::Config;
+
+/// Identifies one connection within the server.
+pub type ConnId = u64;
+
+/// Per-connection state shared between its reader, its writer and the rooms.
+#[derive(Debug, Default)]
+pub struct ConnControl {
+    /// Cancelled when the connection must end; the writer then sends [`ConnControl::reason`].
+    pub cancel: CancellationToken,
+    /// Why the connection is being closed; the first reason set wins.
+    /// A `std::sync::Mutex`: set once and read once, never held across an await.
+    reason: Mutex<Option<CloseReason>>,
+}
+
+impl ConnControl {
+    /// A control whose cancellation follows `parent` (the server's shutdown token).
+    pub fn child_of(parent: &CancellationToken) -> Self {
+        Self {
+            cancel: parent.child_token(),
+            reason: Mutex::new(None),
+        }
+    }
+
+    /// Asks the connection to close with `reason` (ignored if a reason was already given).
+    pub fn close(&self, reason: CloseReason) {
+        if let Ok(mut slot) = self.reason.lock() {
+            slot.get_or_insert(reason);
+        }
+        self.cancel.cancel();
+    }
+
+    /// The reason given to [`ConnControl::close`], if any.
+    pub fn reason(&self) -> Option<CloseReason> {
+        self.reason.lock().ok().and_then(|slot| slot.clone())
+    }
+}
+
+/// A room's handle on one connection's outbound queue.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    /// The connection.
+    pub id: ConnId,
+    /// Frames for the connection's writer.
+    pub tx: mpsc::Sender<Bytes>,
+    /// Bytes currently waiting in `tx`; the writer subtracts what it wrote.
+    pub queued_bytes: Arc<AtomicUsize>,
+    /// Closes the connection.
+    pub control: Arc<ConnControl>,
+}
+
+impl Subscriber {
+    /// Queues `frame` unless that would exceed the queue's frame or byte budget. `false` means
+    /// the subscriber is too slow and must be disconnected.
+    fn offer(&self, frame: &Bytes, max_bytes: usize) -> bool {
+        let len = frame.len();
+        let before = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        // A single frame larger than the budget is still allowed into an empty queue.
+        if before > 0 && before + len > max_bytes {
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            return false;
+        }
+        match self.tx.try_send(frame.clone()) {
+            Ok(()) => true,
+            Err(_) => {
+                self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                false
+            }
+        }
+    }
+}
+
+/// A message for a room task.
+#[derive(Debug)]
+pub enum RoomCmd {
+    /// A connection joins; the room queues its SyncStep1 and the awareness states, then
+    /// answers on `ack`.
+    Join {
+        /// The new subscriber.
+        sub: Subscriber,
+        /// Answered once the subscriber is registered.
+        ack: oneshot::Sender<()>,
+    },
+    /// A decoded, validated message from a connection, with the frame it arrived in.
+    Message {
+        /// Sender.
+        conn: ConnId,
+        /// The whole frame (reused for broadcast when possible).
+        frame: Bytes,
+        /// The decoded message.
+        msg: ClientMessage,
+    },
+    /// A connection is gone.
+    Leave {
+        /// The connection.
+        conn: ConnId,
+    },
+}
+
+/// Why a join failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The server is shutting down.
+    #[error("server shutting down")]
+    ShuttingDown,
+    /// The room task kept disappearing (should not happen).
+    #[error("room unavailable")]
+    Unavailable,
+}
+
+/// A joined room: where to send the connection's messages.
+#[derive(Debug, Clone)]
+pub struct RoomHandle {
+    tx: mpsc::Sender<RoomCmd>,
+}
+
+impl RoomHandle {
+    /// Sends a command, waiting while the inbox is full. `false` if the room is gone.
+    pub async fn send(&self, cmd: RoomCmd) -> bool {
+        self.tx.send(cmd).await.is_ok()
+    }
+}
+
+struct RoomEntry {
+    generation: u64,
+    tx: mpsc::Sender<RoomCmd>,
+}
+
+/// The map from room name to room task.
+pub struct Registry {
+    /// A `std::sync::Mutex`: held only to look up, insert or remove an entry, never across an
+    /// await.
+    rooms: Mutex<HashMap<Arc<str>, RoomEntry>>,
+    config: Arc<Config>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    next_generation: AtomicU64,
+}
+
+impl Registry {
+    /// A registry whose room tasks are tracked by `tracker` and stop after `shutdown`.
+    pub fn new(config: Arc<Config>, tracker: TaskTracker, shutdown: CancellationToken) -> Self {
+        Self {
+            rooms: Mutex::default(),
+            config,
+            tracker,
+            shutdown,
+            next_generation: AtomicU64::new(1),
+        }
+    }
+
+    /// Number of rooms in memory.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no room is in memory.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, RoomEntry>> {
+        // A panic while holding this lock cannot leave the map half-updated (single insert or
+        // remove), so a poisoned lock is safe to keep using.
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Joins `room`, starting its task if needed.
+    pub async fn join(self: &Arc<Self>, room: &str, sub: Subscriber) -> Result<RoomHandle, JoinError> {
+        for _ in 0..8 {
+            if self.shutdown.is_cancelled() {
+                return Err(JoinError::ShuttingDown);
+            }
+            let tx = self.get_or_start(room);
+            let (ack, acked) = oneshot::channel();
+            let cmd = RoomCmd::Join {
+                sub: sub.clone(),
+                ack,
+            };
+            if tx.send(cmd).await.is_ok() && acked.await.is_ok() {
+                return Ok(RoomHandle { tx });
+            }
+            // The task ended between lookup and join; it removed itself, so retry.
+            tokio::task::yield_now().await;
+        }
+        Err(JoinError::Unavailable)
+    }
+
+    fn get_or_start(self: &Arc<Self>, room: &str) -> mpsc::Sender<RoomCmd> {
+        let mut rooms = self.lock();
+        if let Some(entry) = rooms.get(room) {
+            if !entry.tx.is_closed() {
+                return entry.tx.clone();
+            }
+        }
+        let name: Arc<str> = Arc::from(room);
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.config.limits.room_inbox);
+        rooms.insert(
+            Arc::clone(&name),
+            RoomEntry {
+                generation,
+                tx: tx.clone(),
+            },
+        );
+        metrics::gauge!("yrelay_rooms_loaded").set(rooms.len() as f64);
+        let task = RoomTask {
+            name: Arc::clone(&name),
+            generation,
+            doc: RoomDoc::new(),
+            subs: HashMap::new(),
+            config: Arc::clone(&self.config),
+            registry: Arc::clone(self),
+        };
+        let span = info_span!("room", room = %name);
+        self.tracker.spawn(task.run(rx).instrument(span));
+        tx
+    }
+
+    /// Removes the entry for `name` if it still belongs to `generation` and `rx` holds nothing.
+    fn try_evict(&self, name: &str, generation: u64, rx: &mpsc::Receiver<RoomCmd>) -> bool {
+        let mut rooms = self.lock();
+        let ours = rooms.get(name).is_some_and(|e| e.generation == generation);
+        if ours && rx.is_empty() {
+            rooms.remove(name);
+            metrics::gauge!("yrelay_rooms_loaded").set(rooms.len() as f64);
+            true
+        } else {
+            !ours
+        }
+    }
+}
+
+struct SubState {
+    sub: Subscriber,
+    /// Awareness client IDs this connection introduced; removed when it leaves.
+    controlled: HashSet<u64>,
+}
+
+struct RoomTask {
+    name: Arc<str>,
+    generation: u64,
+    doc: RoomDoc,
+    subs: HashMap<ConnId, SubState>,
+    config: Arc<Config>,
+    registry: Arc<Registry>,
+}
+
+impl RoomTask {
+    async fn run(mut self, mut rx: mpsc::Receiver<RoomCmd>) {
+        debug!("room loaded");
+        let idle = self.config.timeouts.room_idle();
+        let shutdown = self.registry.shutdown.clone();
+        let mut idle_since = Some(Instant::now());
+        loop {
+            let deadline = idle_since.map(|t| t + idle);
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd),
+                    None => break,
+                },
+                () = sleep_until_opt(deadline) => {
+                    if self.subs.is_empty() && self.registry.try_evict(&self.name, self.generation, &rx) {
+                        break;
+                    }
+                },
+                () = shutdown.cancelled(), if self.subs.is_empty() => {
+                    self.registry.try_evict(&self.name, self.generation, &rx);
+                    break;
+                },
+            }
+            idle_since = match (self.subs.is_empty(), idle_since) {
+                (true, None) => Some(Instant::now()),
+                (true, since) => since,
+                (false, _) => None,
+            };
+        }
+        // Nothing new can arrive once the entry is gone; dropping queued joins makes their
+        // connections retry on a fresh task.
+        rx.close();
+        while rx.recv().await.is_some() {}
+        debug!("room dropped from memory");
+    }
+
+    fn handle(&mut self, cmd: RoomCmd) {
+        match cmd {
+            RoomCmd::Join { sub, ack } => self.join(sub, ack),
+            RoomCmd::Message { conn, frame, msg } => self.message(conn, frame, msg),
+            RoomCmd::Leave { conn } => self.leave(conn),
+        }
+    }
+
+    fn join(&mut self, sub: Subscriber, ack: oneshot::Sender<()>) {
+        let max = self.config.limits.outbound_queue_bytes;
+        // As the reference server does: our state vector first, then who is present.
+        let mut ok = sub.offer(&codec::encode_sync_step1(&self.doc.state_vector()), max);
+        if let Some(states) = self.doc.awareness_states() {
+            ok &= sub.offer(&codec::encode_awareness(&states), max);
+        }
+        if !ok {
+            sub.control.close(CloseReason::slow_consumer());
+            return;
+        }
+        let id = sub.id;
+        self.subs.insert(
+            id,
+            SubState {
+                sub,
+                controlled: HashSet::new(),
+            },
+        );
+        if ack.send(()).is_err() {
+            // The connection gave up while waiting.
+            self.subs.remove(&id);
+        }
+    }
+
+    fn message(&mut self, conn: ConnId, frame: Bytes, msg: ClientMessage) {
+        let Some(state) = self.subs.get(&conn) else {
+            return; // already disconnected (e.g. as a slow consumer)
+        };
+        match msg {
+            ClientMessage::SyncStep1(sv) => {
+                let reply = codec::encode_sync_step2(&self.doc.diff(&sv));
+                self.send_to(conn, reply);
+            }
+            ClientMessage::SyncStep2(update) | ClientMessage::Update(update) => {
+                let started = Instant::now();
+                match self.doc.apply_update(&update) {
+                    Ok(Some(emitted)) => {
+                        metrics::histogram!("yrelay_update_apply_seconds")
+                            .record(started.elapsed().as_secs_f64());
+                        let out = broadcast_frame(&frame, &emitted);
+                        self.broadcast(out);
+                    }
+                    Ok(None) => {}
+                    Err(err) => {
+                        warn!(conn, error = %err, "update refused");
+                        metrics::counter!("yrelay_updates_refused_total").increment(1);
+                        state.sub.control.close(CloseReason::refused(&err));
+                        self.remove_sub(conn);
+                    }
+                }
+            }
+            ClientMessage::Awareness(update) => match self.doc.apply_awareness(&update) {
+                Ok(change) => {
+                    if let Some(state) = self.subs.get_mut(&conn) {
+                        state.controlled.extend(&change.added);
+                        for id in &change.removed {
+                            state.controlled.remove(id);
+                        }
+                    }
+                    if let Some(b) = change.broadcast {
+                        self.broadcast(codec::encode_awareness(&b));
+                    }
+                }
+                Err(err) => {
+                    warn!(conn, error = %err, "awareness update refused");
+                    state.sub.control.close(CloseReason::refused(&err));
+                    self.remove_sub(conn);
+                }
+            },
+            ClientMessage::QueryAwareness => {
+                if let Some(states) = self.doc.awareness_states() {
+                    self.send_to(conn, codec::encode_awareness(&states));
+                }
+            }
+            // Filtered out by the connection; nothing for the room to do.
+            ClientMessage::Auth | ClientMessage::Unknown(_) => {}
+        }
+    }
+
+    fn leave(&mut self, conn: ConnId) {
+        self.remove_sub(conn);
+    }
+
+    /// Drops a subscriber and broadcasts the removal of the awareness states it controlled.
+    fn remove_sub(&mut self, conn: ConnId) {
+        let mut pending = vec![conn];
+        while let Some(conn) = pending.pop() {
+            let Some(state) = self.subs.remove(&conn) else {
+                continue;
+            };
+            let ids: Vec<u64> = state.controlled.into_iter().collect();
+            if let Some(removal) = self.doc.remove_awareness(&ids) {
+                let frame = codec::encode_awareness(&removal);
+                pending.extend(self.offer_all(&frame));
+            }
+        }
+    }
+
+    fn send_to(&mut self, conn: ConnId, frame: Bytes) {
+        let max = self.config.limits.outbound_queue_bytes;
+        let slow = match self.subs.get(&conn) {
+            Some(state) => !state.sub.offer(&frame, max),
+            None => false,
+        };
+        if slow {
+            self.disconnect_slow(vec![conn]);
+        }
+    }
+
+    fn broadcast(&mut self, frame: Bytes) {
+        let slow = self.offer_all(&frame);
+        if !slow.is_empty() {
+            self.disconnect_slow(slow);
+        }
+    }
+
+    /// Offers `frame` to every subscriber; returns the ones that were too slow (already
+    /// told to close).
+    fn offer_all(&self, frame: &Bytes) -> Vec<ConnId> {
+        let max = self.config.limits.outbound_queue_bytes;
+        let mut slow = Vec::new();
+        for (id, state) in &self.subs {
+            if !state.sub.offer(frame, max) {
+                slow.push(*id);
+            }
+        }
+        for id in &slow {
+            if let Some(state) = self.subs.get(id) {
+                warn!(conn = id, "slow consumer disconnected");
+                metrics::counter!("yrelay_slow_consumer_disconnects_total").increment(1);
+                state.sub.control.close(CloseReason::slow_consumer());
+            }
+        }
+        slow
+    }
+
+    fn disconnect_slow(&mut self, conns: Vec<ConnId>) {
+        for conn in conns {
+            if let Some(state) = self.subs.get(&conn) {
+                state.sub.control.close(CloseReason::slow_consumer());
+            }
+            self.remove_sub(conn);
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

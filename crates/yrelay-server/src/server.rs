@@ -1,0 +1,175 @@
+//! The server: accept loop (plain or TLS), hyper connections, and ordered shutdown.
+//!
+//! Shutdown order: stop accepting; cancel every connection (each sends close 1001); rooms end
+//! once their connections are gone; wait for every tracked task, at most
+//! `timeouts.shutdown_ms`.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use hyper::body::Incoming as HyperBody;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt as _;
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, ConfigError};
+use crate::http::{routes, PeerAddr};
+use crate::room::Registry;
+use crate::tls::{self, TlsError};
+
+/// State shared by every request.
+pub struct AppState {
+    /// The configuration in force.
+    pub config: Arc<Config>,
+    /// Rooms in memory.
+    pub registry: Arc<Registry>,
+    /// Tracks every connection and room task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Cancelled when shutdown begins.
+    pub shutdown: CancellationToken,
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// TLS files are unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Serves on `listener` until `shutdown` completes, then shuts down in order.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let acceptor = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+        _ => None,
+    };
+    let config = Arc::new(config);
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let registry = Arc::new(Registry::new(
+        Arc::clone(&config),
+        tracker.clone(),
+        token.clone(),
+    ));
+    let state = Arc::new(AppState {
+        config: Arc::clone(&config),
+        registry,
+        tracker: tracker.clone(),
+        shutdown: token.clone(),
+    });
+    let service = warp::service(routes(Arc::clone(&state)));
+
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %err, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(err) = tcp.set_nodelay(true) {
+            debug!(error = %err, "set_nodelay failed");
+        }
+        let svc = service
+            .clone()
+            .map_request(move |mut req: http::Request<HyperBody>| {
+                req.extensions_mut().insert(PeerAddr(peer));
+                req
+            });
+        let token = token.clone();
+        let acceptor = acceptor.clone();
+        let handshake = config.timeouts.tls_handshake();
+        tracker.spawn(async move {
+            match acceptor {
+                None => serve_http(tcp, svc, token).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => serve_http(tls, svc, token).await,
+                        Ok(Err(err)) => debug!(%peer, error = %err, "TLS handshake failed"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+
+    info!("shutting down");
+    drop(listener);
+    token.cancel();
+    tracker.close();
+    if tokio::time::timeout(config.timeouts.shutdown(), tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            remaining = tracker.len(),
+            "shutdown timeout passed with tasks still running"
+        );
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// TLS acceptor type re-exported for tests that build their own.
+pub type Acceptor = TlsAcceptor;
+
+async fn serve_http<I, S>(io: I, svc: S, token: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<
+            http::Request<HyperBody>,
+            Response = warp::reply::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(svc))
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(err) = res {
+                debug!(error = %err, "http connection ended with error");
+            }
+        }
+        () = token.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
