@@ -67,15 +67,24 @@ impl CloseReason {
     }
     /// A text frame arrived.
     pub fn text_frame() -> Self {
-        Self::new(UNSUPPORTED_DATA, "text frames are not supported: binary y-protocols only")
+        Self::new(
+            UNSUPPORTED_DATA,
+            "text frames are not supported: binary y-protocols only",
+        )
     }
     /// A message exceeded the size limit.
     pub fn too_big(limit: usize) -> Self {
-        Self::new(MESSAGE_TOO_BIG, format!("message larger than {limit} bytes"))
+        Self::new(
+            MESSAGE_TOO_BIG,
+            format!("message larger than {limit} bytes"),
+        )
     }
     /// The outbound queue overflowed.
     pub fn slow_consumer() -> Self {
-        Self::new(TRY_AGAIN_LATER, "slow consumer: outbound queue full, reconnect to resync")
+        Self::new(
+            TRY_AGAIN_LATER,
+            "slow consumer: outbound queue full, reconnect to resync",
+        )
     }
     /// Nothing arrived from the peer in time.
     pub fn ping_timeout() -> Self {

@@ -230,10 +230,9 @@ mod tests {
 
     #[test]
     fn partial_toml_keeps_defaults() {
-        let c: Config = toml::from_str(
-            "listen = \"0.0.0.0:9000\"\n[limits]\nmax_message_bytes = 2048\n",
-        )
-        .unwrap();
+        let c: Config =
+            toml::from_str("listen = \"0.0.0.0:9000\"\n[limits]\nmax_message_bytes = 2048\n")
+                .unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.limits.max_message_bytes, 2048);
         assert_eq!(c.limits.room_inbox, Limits::default().room_inbox);
@@ -246,8 +245,10 @@ mod tests {
         let mut c = Config::default();
         c.timeouts.keepalive_interval_ms = 30_000;
         assert!(c.validate().is_err());
-        let mut c = Config::default();
-        c.tls_cert = Some("a.pem".into());
+        let c = Config {
+            tls_cert: Some("a.pem".into()),
+            ..Config::default()
+        };
         assert!(c.validate().is_err());
     }
 }

@@ -289,3 +289,115 @@ where
     metrics::counter!("yrelay_bytes_sent_total").increment(written as u64);
     flushed
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio_util::task::TaskTracker;
+    use yrelay_doc::codec::{encode_sync_step1, KEEPALIVE_FRAME};
+
+    use super::*;
+    use crate::close::{GOING_AWAY, PING_TIMEOUT};
+
+    struct Harness {
+        to_conn: mpsc::UnboundedSender<Result<Incoming, ReadError>>,
+        from_conn: mpsc::UnboundedReceiver<Outgoing>,
+        shutdown: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    /// Runs `serve` over channels instead of a socket.
+    fn start(config: Config) -> Harness {
+        let config = Arc::new(config);
+        let shutdown = CancellationToken::new();
+        let registry = Arc::new(Registry::new(
+            Arc::clone(&config),
+            TaskTracker::new(),
+            shutdown.clone(),
+        ));
+        let (to_conn, rx) = mpsc::unbounded_channel();
+        let (tx, from_conn) = mpsc::unbounded_channel();
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let sink = futures_util::sink::unfold(tx, |tx, item: Outgoing| async move {
+            tx.send(item).map_err(|_| ())?;
+            Ok::<_, ()>(tx)
+        });
+        let ctx = ConnContext {
+            registry,
+            config,
+            shutdown: shutdown.clone(),
+        };
+        let task = tokio::spawn(serve(
+            Arc::from("room"),
+            Box::pin(stream),
+            Box::pin(sink),
+            ctx,
+        ));
+        Harness {
+            to_conn,
+            from_conn,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn next(h: &mut Harness) -> Outgoing {
+        h.from_conn.recv().await.unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn greets_then_keeps_an_idle_client_alive_below_30_seconds() {
+        let mut h = start(Config::default());
+        assert_eq!(
+            next(&mut h).await,
+            Outgoing::Binary(encode_sync_step1(&[0]))
+        );
+        let before = Instant::now();
+        // The peer answers every ping, so the only traffic is keepalives and pings.
+        let mut keepalives = 0;
+        while before.elapsed() < Duration::from_secs(120) {
+            match next(&mut h).await {
+                Outgoing::Binary(b) if &b[..] == KEEPALIVE_FRAME => keepalives += 1,
+                Outgoing::Ping => h.to_conn.send(Ok(Incoming::Pong)).unwrap(),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // Every 15 s for 120 s.
+        assert!(keepalives >= 7, "{keepalives} keepalives");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_peer_is_closed_after_ping_and_pong_timeout() {
+        let mut h = start(Config::default());
+        let start = Instant::now();
+        loop {
+            match next(&mut h).await {
+                Outgoing::Close(reason) => {
+                    assert_eq!(reason.code, PING_TIMEOUT);
+                    break;
+                }
+                _ => continue,
+            }
+        }
+        // Default: ping every 30 s, closed once 60 s passed without a frame.
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_secs(60) && waited <= Duration::from_secs(91),
+            "{waited:?}"
+        );
+        h.task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_sends_1001() {
+        let mut h = start(Config::default());
+        assert!(matches!(next(&mut h).await, Outgoing::Binary(_)));
+        h.shutdown.cancel();
+        assert!(matches!(next(&mut h).await, Outgoing::Close(r) if r.code == GOING_AWAY));
+        h.task.await.unwrap();
+    }
+}

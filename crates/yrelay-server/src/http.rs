@@ -75,9 +75,11 @@ pub fn routes(
         .and(warp::ws())
         .and(warp::ext::optional::<PeerAddr>())
         .and(with_state)
-        .map(|path: FullPath, ws: Ws, peer: Option<PeerAddr>, state: Arc<AppState>| {
-            upgrade(path, ws, peer, state)
-        });
+        .map(
+            |path: FullPath, ws: Ws, peer: Option<PeerAddr>, state: Arc<AppState>| {
+                upgrade(path, ws, peer, state)
+            },
+        );
 
     let healthz = warp::get()
         .and(warp::path("healthz"))
@@ -185,8 +187,14 @@ mod tests {
         assert_eq!(room_name_from_path("/a%20b/c", 10).unwrap(), "a b/c");
         assert_eq!(room_name_from_path("/%C3%A9t%C3%A9", 10).unwrap(), "été");
         assert_eq!(room_name_from_path("/", 10), Err(RoomNameError::Empty));
-        assert_eq!(room_name_from_path("/abcdefghijk", 10), Err(RoomNameError::TooLong(10)));
+        assert_eq!(
+            room_name_from_path("/abcdefghijk", 10),
+            Err(RoomNameError::TooLong(10))
+        );
         assert_eq!(room_name_from_path("/%FF", 10), Err(RoomNameError::NotUtf8));
-        assert_eq!(room_name_from_path("/a%0Ab", 10), Err(RoomNameError::ControlChar));
+        assert_eq!(
+            room_name_from_path("/a%0Ab", 10),
+            Err(RoomNameError::ControlChar)
+        );
     }
 }

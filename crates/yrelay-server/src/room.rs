@@ -194,7 +194,11 @@ impl Registry {
     }
 
     /// Joins `room`, starting its task if needed.
-    pub async fn join(self: &Arc<Self>, room: &str, sub: Subscriber) -> Result<RoomHandle, JoinError> {
+    pub async fn join(
+        self: &Arc<Self>,
+        room: &str,
+        sub: Subscriber,
+    ) -> Result<RoomHandle, JoinError> {
         for _ in 0..8 {
             if self.shutdown.is_cancelled() {
                 return Err(JoinError::ShuttingDown);

@@ -189,8 +189,7 @@ for (const version of CLIENT_VERSIONS) {
       a.doc.getArray('array').push(['base'])
       await waitConverged('before going offline', [a, b])
 
-      a.provider.disconnect()
-      await a.disconnected()
+      await a.disconnect()
       a.doc.getArray('array').push(['offline-A'])
       a.doc.getText('text').insert(0, 'A was offline')
       b.doc.getArray('array').push(['online-B'])

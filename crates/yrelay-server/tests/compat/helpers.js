@@ -349,6 +349,22 @@ export class Client {
   }
 
   /**
+   * `provider.disconnect()`, then waits until the socket is fully closed.
+   * (The v2 client keeps handling frames that arrive while its socket is
+   * closing, so "disconnected" only means something once it is CLOSED.)
+   */
+  async disconnect (timeout = WAIT_TIMEOUT) {
+    const ws = this.provider.ws
+    this.provider.disconnect()
+    await this.disconnected(timeout)
+    if (ws) {
+      await waitFor(`${this.name}: its socket to reach CLOSED after provider.disconnect()`,
+        () => ws.readyState === WebSocket.CLOSED,
+        { timeout, seen: () => `readyState=${ws.readyState}` })
+    }
+  }
+
+  /**
    * Closes the TCP connection abruptly (no close frame, no awareness goodbye)
    * and stops the provider from reconnecting.
    */

@@ -1,0 +1,259 @@
+//! Shared helpers for the server's integration tests: an in-process server on port 0 and a
+//! small y-protocols client over tokio-tungstenite.
+#![allow(dead_code, clippy::unwrap_used, missing_docs)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use yrelay_server::Config;
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A server running in this process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: Option<JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            data_dir: dir.path().to_owned(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..Config::default()
+        };
+        tweak(&mut config);
+        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            yrelay_server::run(listener, config, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, room: &str) -> String {
+        format!("ws://{}/{}", self.addr, room)
+    }
+
+    /// Begins shutdown and waits for `run` to return.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+        }
+    }
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A raw y-protocols client.
+pub struct Client {
+    pub ws: Ws,
+}
+
+/// A decoded server message, enough for assertions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    SyncStep1(Vec<u8>),
+    SyncStep2(Vec<u8>),
+    Update(Vec<u8>),
+    Awareness(Vec<u8>),
+    Other(Vec<u8>),
+}
+
+fn read_var(buf: &[u8], pos: &mut usize) -> u64 {
+    let mut v = 0u64;
+    let mut shift = 0;
+    loop {
+        let b = buf[*pos];
+        *pos += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return v;
+        }
+        shift += 7;
+    }
+}
+
+/// Decodes a server frame, asserting it holds exactly one message.
+pub fn decode(frame: &[u8]) -> Msg {
+    let mut pos = 0;
+    let t = read_var(frame, &mut pos);
+    let payload = |pos: &mut usize| {
+        let len = read_var(frame, pos) as usize;
+        let out = frame[*pos..*pos + len].to_vec();
+        *pos += len;
+        assert_eq!(*pos, frame.len(), "frame holds more than one message");
+        out
+    };
+    match t {
+        0 => match read_var(frame, &mut pos) {
+            0 => Msg::SyncStep1(payload(&mut pos)),
+            1 => Msg::SyncStep2(payload(&mut pos)),
+            2 => Msg::Update(payload(&mut pos)),
+            s => panic!("unknown sync subtype {s}"),
+        },
+        1 => Msg::Awareness(payload(&mut pos)),
+        _ => Msg::Other(frame.to_vec()),
+    }
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Self {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .unwrap()
+            .unwrap();
+        Self { ws }
+    }
+
+    /// Connects and consumes the greeting (SyncStep1, then awareness if any).
+    pub async fn join(url: &str) -> Self {
+        let mut c = Self::connect(url).await;
+        match c.recv().await {
+            Msg::SyncStep1(_) => {}
+            other => panic!("expected SyncStep1 first, got {other:?}"),
+        }
+        c
+    }
+
+    pub async fn send(&mut self, frame: impl Into<Bytes>) {
+        self.ws.send(Message::Binary(frame.into())).await.unwrap();
+    }
+
+    /// The next binary frame, skipping pings, pongs and keepalive (empty awareness) frames.
+    pub async fn recv_frame(&mut self) -> Vec<u8> {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a message")
+                .expect("connection ended")
+                .expect("read error");
+            match msg {
+                Message::Binary(b) if &b[..] == yrelay_doc::codec::KEEPALIVE_FRAME => continue,
+                Message::Binary(b) => return b.to_vec(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a binary frame, got {other:?}"),
+            }
+        }
+    }
+
+    pub async fn recv(&mut self) -> Msg {
+        decode(&self.recv_frame().await)
+    }
+
+    /// Reads until the server closes; returns the close code.
+    pub async fn expect_close(&mut self) -> (u16, String) {
+        loop {
+            let next = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for close");
+            match next {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (u16::from(frame.code), frame.reason.to_string())
+                }
+                Some(Ok(Message::Close(None))) => {
+                    return (u16::from(CloseCode::Status), String::new())
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("read error before close frame: {e}"),
+                None => panic!("connection ended without a close frame"),
+            }
+        }
+    }
+
+    /// Asserts nothing but keepalives arrive for `d`.
+    pub async fn expect_silence(&mut self, d: Duration) {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Message::Binary(b))))
+                    if &b[..] == yrelay_doc::codec::KEEPALIVE_FRAME => {}
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+                Ok(other) => panic!("expected silence, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// A text update from a fresh doc with `client_id`.
+pub fn text_update(client_id: u64, text: &str) -> Vec<u8> {
+    use yrs::{Doc, Text, Transact};
+    let doc = Doc::with_client_id(client_id);
+    let t = doc.get_or_insert_text("t");
+    let mut txn = doc.transact_mut();
+    t.insert(&mut txn, 0, text);
+    txn.encode_update_v1()
+}
+
+/// The text of root "t" after applying `updates` to a fresh doc.
+pub fn text_after(updates: &[Vec<u8>]) -> String {
+    use yrs::updates::decoder::Decode;
+    use yrs::{Doc, GetString, Transact, Update};
+    let doc = Doc::new();
+    let t = doc.get_or_insert_text("t");
+    for u in updates {
+        doc.transact_mut()
+            .apply_update(Update::decode_v1(u).unwrap())
+            .unwrap();
+    }
+    let s = t.get_string(&yrs::Transact::transact(&doc));
+    s
+}
+
+/// An awareness update for `client` with `state` (JSON) at `clock`.
+pub fn awareness_update(client: u64, clock: u32, state: &str) -> Vec<u8> {
+    use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
+    use yrs::updates::encoder::Encode;
+    let mut clients = std::collections::HashMap::new();
+    clients.insert(
+        yrs::ClientID::new(client),
+        AwarenessUpdateEntry {
+            clock,
+            json: state.into(),
+        },
+    );
+    AwarenessUpdate { clients }.encode_v1()
+}
+
+/// Decodes an awareness update into (client, clock, json) triples.
+pub fn awareness_entries(update: &[u8]) -> Vec<(u64, u32, String)> {
+    use yrs::sync::awareness::AwarenessUpdate;
+    use yrs::updates::decoder::Decode;
+    let u = AwarenessUpdate::decode_v1(update).unwrap();
+    let mut out: Vec<_> = u
+        .clients
+        .into_iter()
+        .map(|(c, e)| (c.get(), e.clock, e.json.to_string()))
+        .collect();
+    out.sort();
+    out
+}
