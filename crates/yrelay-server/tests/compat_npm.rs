@@ -3,10 +3,10 @@
 //! Runs the `node:test` files in `tests/compat/` (y-websocket v3 and v2 clients,
 //! y-protocols over a raw socket) against the `yrelay` binary built by cargo.
 //!
-//! Needs `node` (20 or newer) on PATH and the suite's packages installed:
-//! `npm ci --prefix crates/yrelay-server/tests/compat`. Without them the test
-//! prints a SKIPPED line and passes, unless `YRELAY_REQUIRE_SERVICES=1`, in which
-//! case it fails.
+//! Needs `node` (20 or newer) and `npm` on PATH; the suite's packages are installed
+//! from the lockfile (`npm ci`) on first run. Without node/npm the test prints a
+//! SKIPPED line and passes, unless `YRELAY_REQUIRE_SERVICES=1`, in which case it
+//! fails.
 
 use std::ffi::OsStr;
 use std::io::Write;
@@ -72,6 +72,43 @@ fn kill_group(pid: u32) {
         .status();
 }
 
+/// Installs the suite's packages from the lockfile (`npm ci`) when they are missing or older
+/// than the lockfile, so `cargo test --workspace` alone runs the whole suite.
+fn ensure_packages(compat_dir: &Path) -> Result<(), String> {
+    let modules = compat_dir.join("node_modules");
+    let lock = compat_dir.join("package-lock.json");
+    let installed = modules.join(".package-lock.json");
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let fresh = match (mtime(&installed), mtime(&lock)) {
+        (Some(installed), Some(lock)) => installed >= lock,
+        _ => false,
+    };
+    if fresh {
+        return Ok(());
+    }
+    let Some(npm) = find_on_path("npm") else {
+        return Err(format!(
+            "{} is missing and `npm` is not on PATH",
+            modules.display()
+        ));
+    };
+    say(&format!(
+        "compat_npm: installing the suite's packages: npm ci (in {})",
+        compat_dir.display()
+    ));
+    let status = Command::new(npm)
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(compat_dir)
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run npm: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`npm ci` failed with {status}"))
+    }
+}
+
 #[test]
 fn official_npm_clients_interoperate_with_yrelay() {
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -92,16 +129,8 @@ fn official_npm_clients_interoperate_with_yrelay() {
             return;
         }
     }
-    if !compat_dir.join("node_modules").is_dir() {
-        let npm = if find_on_path("npm").is_some() {
-            "npm is on PATH"
-        } else {
-            "npm is not on PATH either"
-        };
-        skip_or_fail(&format!(
-            "{} does not exist ({npm})",
-            compat_dir.join("node_modules").display()
-        ));
+    if let Err(reason) = ensure_packages(&compat_dir) {
+        skip_or_fail(&reason);
         return;
     }
 

@@ -78,7 +78,7 @@ export async function waitFor (what, predicate, { timeout = WAIT_TIMEOUT, interv
 /** Shortens a value for failure messages. */
 export function brief (value, max = 300) {
   let s
-  try { s = typeof value === 'string' ? JSON.stringify(value) : JSON.stringify(value) } catch { s = String(value) }
+  try { s = JSON.stringify(value) } catch { s = String(value) }
   if (s === undefined) s = String(value)
   return s.length > max ? `${s.slice(0, max)}… (${s.length} chars)` : s
 }
