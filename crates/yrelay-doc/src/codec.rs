@@ -25,8 +25,8 @@ use yrs::updates::encoder::Encode;
 use yrs::StateVector;
 
 use crate::validate::{
-    validate_awareness_update, validate_state_vector_v1, validate_update_v1, InvalidInput,
-    ValidateLimits,
+    validate_awareness_update, validate_state_vector_v1, validate_update_runs_v1, ClientRun,
+    InvalidInput, ValidateLimits,
 };
 
 /// An awareness update that removes nobody and adds nobody (`count = 0`).
@@ -60,9 +60,12 @@ pub enum ProtocolError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateVectorV1(Bytes);
 
-/// A Yjs update (lib0 v1) that passed [`validate_update_v1`].
+/// A Yjs update (lib0 v1) that passed validation, with the clock range it covers per client.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpdateV1(Bytes);
+pub struct UpdateV1 {
+    bytes: Bytes,
+    runs: Vec<ClientRun>,
+}
 
 /// An awareness update (y-protocols encoding) that passed [`validate_awareness_update`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,23 +94,29 @@ impl StateVectorV1 {
 impl UpdateV1 {
     /// Validates `bytes` as a v1 update.
     pub fn parse(bytes: Bytes, limits: &ValidateLimits) -> Result<Self, InvalidInput> {
-        validate_update_v1(&bytes, limits)?;
-        Ok(Self(bytes))
+        let mut runs = Vec::new();
+        validate_update_runs_v1(&bytes, limits, |run| runs.push(run))?;
+        Ok(Self { bytes, runs })
     }
 
     /// The validated bytes.
     pub fn as_bytes(&self) -> &Bytes {
-        &self.0
+        &self.bytes
+    }
+
+    /// Each client's block run in the update (descending client order).
+    pub fn runs(&self) -> &[ClientRun] {
+        &self.runs
     }
 
     /// Length in bytes.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.bytes.len()
     }
 
     /// Whether the update has no bytes (never true for a validated update).
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.bytes.is_empty()
     }
 }
 
@@ -385,7 +394,8 @@ mod tests {
             decode_client_message(&bad_sync, &limits),
             Err(ProtocolError::UnknownSyncType(7))
         );
-        let overflow = Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
+        let overflow =
+            Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
         assert_eq!(
             decode_client_message(&overflow, &limits),
             Err(ProtocolError::VarIntOverflow)

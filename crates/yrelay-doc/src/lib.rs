@@ -25,4 +25,4 @@ pub use codec::{
     decode_client_message, AwarenessUpdateV1, ClientMessage, ProtocolError, StateVectorV1, UpdateV1,
 };
 pub use room::{AwarenessChange, DocError, RoomDoc};
-pub use validate::{InvalidInput, ValidateLimits};
+pub use validate::{ClientRun, InvalidInput, ValidateLimits};

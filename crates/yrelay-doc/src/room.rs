@@ -5,6 +5,17 @@
 //! what the document emitted: a brand-new update byte-identical, an overlapping one only its new
 //! part, a duplicate nothing, and an update with a missing dependency nothing until the gap is
 //! filled — the behaviour of the reference server.
+//!
+//! Two `yrs` 0.28 hazards are handled here rather than in byte validation, because they depend
+//! on what the document already holds:
+//! - An update with a client run that starts past the document's clock for that client, or
+//!   that contains a Skip (a hole in the sender's knowledge), would be integrated by `yrs` at
+//!   once behind a placeholder, and a later update claiming those clocks with other lengths
+//!   corrupts the block store (a panic in debug builds). [`RoomDoc`] holds such updates back
+//!   itself, up to [`MAX_PENDING_BYTES`], and applies them once the gap is filled — what Yjs
+//!   does with pending structs.
+//! - Text offsets are UTF-16 code units, as in JavaScript. With byte offsets, deleting the two
+//!   halves of an emoji separately (something JS clients do) underflows inside `yrs`.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
@@ -13,7 +24,7 @@ use yrs::sync::awareness::AwarenessUpdate;
 use yrs::sync::Awareness;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
+use yrs::{ClientID, Doc, OffsetKind, Options, ReadTxn, StateVector, Transact, Update};
 
 use crate::codec::{AwarenessUpdateV1, StateVectorV1, UpdateV1};
 
@@ -30,7 +41,15 @@ pub enum DocError {
     /// `yrs` panicked while applying; the document was rebuilt from its last good state.
     #[error("update crashed the CRDT engine and was discarded")]
     Panicked,
+    /// Too many bytes of updates are waiting for missing predecessors.
+    #[error("too many updates waiting for missing predecessors")]
+    PendingOverflow,
 }
+
+/// Bytes of updates a room holds back while their predecessors are missing. A sender that
+/// pushes past this has its update refused (and its connection closed); it resyncs by state
+/// vector when it reconnects.
+pub const MAX_PENDING_BYTES: usize = 32 << 20;
 
 /// The change an awareness message caused.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,6 +72,10 @@ pub struct RoomDoc {
     /// it. A `std::sync::Mutex` because yrs requires `Send + Sync` observers; it is only ever
     /// locked for a push or a take, never across anything that blocks.
     emitted: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Updates held back until the document's clocks reach their runs.
+    pending: Vec<UpdateV1>,
+    /// Total bytes in `pending`.
+    pending_bytes: usize,
 }
 
 impl Default for RoomDoc {
@@ -69,10 +92,18 @@ impl std::fmt::Debug for RoomDoc {
 
 const OBSERVER_KEY: &str = "yrelay-room";
 
+/// A document with JavaScript's text offsets (UTF-16 code units).
+fn new_doc() -> Doc {
+    Doc::with_options(Options {
+        offset_kind: OffsetKind::Utf16,
+        ..Options::default()
+    })
+}
+
 impl RoomDoc {
     /// An empty room.
     pub fn new() -> Self {
-        Self::from_doc(Doc::new())
+        Self::from_doc(new_doc())
     }
 
     fn from_doc(doc: Doc) -> Self {
@@ -87,6 +118,8 @@ impl RoomDoc {
         Self {
             awareness: Awareness::new(doc),
             emitted,
+            pending: Vec::new(),
+            pending_bytes: 0,
         }
     }
 
@@ -96,22 +129,66 @@ impl RoomDoc {
     }
 
     /// Applies a validated update and returns what the document emitted, if anything changed.
+    ///
+    /// An update whose predecessors are missing is held back (nothing is emitted) and applied,
+    /// with everything it unblocks, once they arrive.
     pub fn apply_update(&mut self, update: &UpdateV1) -> Result<Option<Vec<u8>>, DocError> {
+        self.take_emitted();
+        if !self.ready(update) {
+            if self.pending_bytes + update.len() > MAX_PENDING_BYTES {
+                return Err(DocError::PendingOverflow);
+            }
+            self.pending_bytes += update.len();
+            self.pending.push(update.clone());
+            return Ok(None);
+        }
+        let result = self.integrate(update);
+        if result.is_ok() {
+            self.apply_unblocked();
+        }
+        let emitted = self.take_emitted();
+        result.map(|()| emitted)
+    }
+
+    /// Whether every client run of `update` starts at or before the document's clock for that
+    /// client and any hole in it is already covered.
+    fn ready(&self, update: &UpdateV1) -> bool {
+        let sv = self.doc().transact().state_vector();
+        update.runs().iter().all(|run| {
+            let clock = sv.get(&ClientID::new(run.client));
+            run.start <= clock && run.skip_end.is_none_or(|end| clock >= end)
+        })
+    }
+
+    /// Applies held-back updates as long as one of them became ready.
+    fn apply_unblocked(&mut self) {
+        while let Some(i) = self.pending.iter().position(|u| self.ready(u)) {
+            let update = self.pending.swap_remove(i);
+            self.pending_bytes -= update.len();
+            // A held-back update that fails now is dropped; its sender resyncs on reconnect.
+            let _ = self.integrate(&update);
+        }
+    }
+
+    /// Bytes of updates currently held back.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
+    /// Hands a ready update to `yrs`.
+    fn integrate(&mut self, update: &UpdateV1) -> Result<(), DocError> {
         let decoded =
             Update::decode_v1(update.as_bytes()).map_err(|e| DocError::Decode(e.to_string()))?;
-        self.take_emitted();
         let doc = self.awareness.doc();
         let result = catch_unwind(AssertUnwindSafe(|| {
             let mut txn = doc.transact_mut();
             txn.apply_update(decoded)
         }));
         match result {
-            Ok(Ok(())) => Ok(self.take_emitted()),
-            Ok(Err(e)) => {
-                self.take_emitted();
-                Err(DocError::Apply(e.to_string()))
-            }
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(DocError::Apply(e.to_string())),
             Err(_) => {
+                self.take_emitted();
                 self.recover_after_panic();
                 Err(DocError::Panicked)
             }
@@ -142,13 +219,16 @@ impl RoomDoc {
                 .encode_state_as_update_v1(&StateVector::default())
         }));
         let states = self.awareness.update().ok();
-        let doc = Doc::new();
+        let pending = std::mem::take(&mut self.pending);
+        let doc = new_doc();
         if let Ok(bytes) = snapshot {
             if let Ok(update) = Update::decode_v1(&bytes) {
                 let _ = catch_unwind(AssertUnwindSafe(|| doc.transact_mut().apply_update(update)));
             }
         }
         *self = Self::from_doc(doc);
+        self.pending_bytes = pending.iter().map(UpdateV1::len).sum();
+        self.pending = pending;
         if let Some(states) = states {
             let _ = self.awareness.apply_update(states);
         }

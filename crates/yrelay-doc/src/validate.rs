@@ -27,12 +27,31 @@
 //! * The info byte must be exactly 0 (GC) or 10 (Skip), or have a content ref in 1..=9 in its
 //!   low five bits: `yrs` masks the content ref with `0x0f`, Yjs with `0x1f`.
 //! * The parent-info varint must be 0 or 1 (`yrs` truncates it to `u32` before comparing).
-//! * Every `u32` field must fit in a `u32`; clock ranges must end below `u32::MAX` so that `yrs`
-//!   can still compute `end + 1`.
+//! * Every `u32` field must fit in a `u32`, and clock ranges must end at or below 2^31 - 1:
+//!   `yrs` subtracts clocks as `i32` while integrating and panics on what wraps.
+//! * Block lists must come in strictly descending client order, as every encoder writes them:
+//!   `yrs` appends a repeated client's blocks (and panics on the overlap), Yjs replaces them.
 //! * Items of length 0 are refused (`yrs` drops them silently; no current encoder writes them).
 //! * JSON strings (Embed, Format values, awareness states) must parse the way `yrs` parses them
 //!   (`serde_json` into [`yrs::Any`]): valid JSON, integers in `i64` range.
 //! * Subdocument options must be an `Any` map (Yjs peers read `opts.shouldLoad` from them).
+//!
+//! # What validation cannot catch
+//!
+//! These checks are stateless. Some inputs are only dangerous against a particular document,
+//! and the caller has to handle them (`tests/hostile.rs` has a reproducer for each):
+//!
+//! * Out-of-order runs: `yrs` 0.28 integrates a client's blocks that follow a hole at once,
+//!   behind a Skip placeholder; a later update claiming those clocks with other lengths panics
+//!   (debug) or stores a `u32::MAX`-long Skip (release). [`validate_update_runs_v1`] reports
+//!   each run so the caller can hold back updates that start past the document's clock or
+//!   contain a Skip.
+//! * With `yrs`'s default `OffsetKind::Bytes`, a delete or insert between the halves of a
+//!   surrogate pair underflows a length counter (debug panic). Documents fed by Yjs peers
+//!   should use `OffsetKind::Utf16`.
+//! * Updates that reuse known IDs with different content can leave a document whose own
+//!   snapshot no longer applies cleanly (`UpdateError::InvalidParent`), so loading a snapshot
+//!   must treat an error as a possibility.
 
 use thiserror::Error;
 
@@ -69,7 +88,8 @@ pub enum InvalidInput {
     /// A client ID was 2^53 or more (Yjs client IDs are 53-bit numbers).
     #[error("client id {0} too large")]
     ClientIdTooLarge(u64),
-    /// A clock, or a clock plus a length, does not stay below `u32::MAX`.
+    /// A clock, or a clock plus a length, goes past 2^31 - 1 (`yrs` does clock arithmetic in
+    /// `i32` in places), or an awareness clock is `u32::MAX`.
     #[error("clock overflow")]
     ClockOverflow,
     /// A block, item or delete-set range had length 0.
@@ -96,6 +116,9 @@ pub enum InvalidInput {
     /// Subdocument options were not an `Any` map.
     #[error("invalid subdocument options")]
     InvalidSubdocOptions,
+    /// Block lists were not in strictly descending client order (a repeated client, say).
+    #[error("clients out of order")]
+    ClientOrder,
     /// Valid Yjs that `yrs` decodes differently from Yjs (legacy JSON content, XmlHook types).
     #[error("unsupported {0}")]
     Unsupported(&'static str),
@@ -106,9 +129,14 @@ type Result<T> = std::result::Result<T, InvalidInput>;
 /// Client IDs must be below 2^53 (JavaScript's safe integer range; `yrs` asserts it).
 const CLIENT_ID_LIMIT: u64 = 1 << 53;
 
-/// Exclusive upper bound for the end of any clock range (`clock + len`). One below `u32::MAX`,
-/// so that `yrs` can still compute `end + 1` in `u32`.
-const CLOCK_END_MAX: u64 = u32::MAX as u64 - 1;
+/// Upper bound for the end of any clock range (`clock + len`, exclusive): `i32::MAX`.
+///
+/// `yrs` keeps clocks in `u32` but computes `local_clock as i32 - id.clock as i32` while
+/// integrating (0.28 `Update::integrate`): a clock of 2^31 or more wraps negative there, skips
+/// the hole-filling Skip block, and a later delete of an earlier clock underflows in
+/// `ClientBlockList::find_index` (a panic in debug builds and an out-of-bounds index in release
+/// builds). No real client gets anywhere near 2^31 operations.
+const CLOCK_END_MAX: u64 = i32::MAX as u64;
 
 /// Largest magnitude accepted for a signed `Any` integer (JavaScript's `MAX_SAFE_INTEGER`).
 const SIGNED_MAGNITUDE_MAX: u64 = (1 << 53) - 1;
@@ -162,21 +190,78 @@ const ANY_BUFFER: u8 = 116;
 /// Item lengths for clock accounting: String = UTF-16 length, Any = element count, Deleted =
 /// its length, everything else 1.
 pub fn validate_update_v1(bytes: &[u8], limits: &ValidateLimits) -> Result<()> {
+    validate_update_runs_v1(bytes, limits, |_| {})
+}
+
+/// One client's run of blocks in an update, as reported by [`validate_update_runs_v1`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientRun {
+    /// The client the blocks belong to.
+    pub client: u64,
+    /// Clock of the run's first block.
+    pub start: u32,
+    /// Clock just past the run's last block (`start` for an empty run).
+    pub end: u32,
+    /// Clock just past the run's last Skip block (a hole in the sender's knowledge), if the
+    /// run has one. The run is safe to hand to `yrs` once the document's clock for `client`
+    /// reaches it: everything up to there is then known and trimmed away before integration.
+    pub skip_end: Option<u32>,
+}
+
+/// [`validate_update_v1`], reporting each client's block run to `on_run` along the way.
+///
+/// Structural validity is not the whole story: `yrs` 0.28 integrates blocks that arrive after
+/// a hole (a run starting past the document's clock for that client, or a run containing a
+/// Skip) immediately, with a Skip placeholder, where Yjs would hold them back. A later update
+/// that claims the same clocks with differently-sized content then underflows in
+/// `BlockStore::push` (a panic in debug builds; a Skip of length `u32::MAX` in the document, and
+/// so in its snapshots, in release builds).
+/// A caller can use these runs to hold back or refuse such updates: compare `start` with the
+/// document's state vector and with `skip_end`.
+///
+/// `on_run` sees runs as they are walked: when an error is returned, discard what it collected.
+pub fn validate_update_runs_v1(
+    bytes: &[u8],
+    limits: &ValidateLimits,
+    mut on_run: impl FnMut(ClientRun),
+) -> Result<()> {
     let mut r = Reader::new(bytes);
     let clients = r.var_u32()?;
+    let mut previous_client = None;
     for _ in 0..clients {
         let blocks = r.var_u32()?;
-        r.client_id()?;
-        let mut clock = u64::from(r.var_u32()?);
+        let client = r.client_id()?;
+        // Strictly descending, as every Yjs and yrs encoder writes them. A repeated client
+        // would be appended by yrs (overlapping clock ranges panic in its block store) but
+        // would replace the earlier run in Yjs.
+        if previous_client.is_some_and(|previous| client >= previous) {
+            return Err(InvalidInput::ClientOrder);
+        }
+        previous_client = Some(client);
+        let start = r.var_u32()?;
+        let mut clock = u64::from(start);
         if clock > CLOCK_END_MAX {
             return Err(InvalidInput::ClockOverflow);
         }
+        let mut skip_end = None;
         for _ in 0..blocks {
-            clock += u64::from(block(&mut r, limits)?);
+            let (len, is_skip) = block(&mut r, limits)?;
+            clock += u64::from(len);
             if clock > CLOCK_END_MAX {
                 return Err(InvalidInput::ClockOverflow);
             }
+            if is_skip {
+                // Cannot fail: `clock <= CLOCK_END_MAX < u32::MAX`.
+                skip_end = Some(u32::try_from(clock).map_err(|_| InvalidInput::ClockOverflow)?);
+            }
         }
+        on_run(ClientRun {
+            client,
+            start,
+            // Cannot fail: `clock <= CLOCK_END_MAX < u32::MAX`.
+            end: u32::try_from(clock).map_err(|_| InvalidInput::ClockOverflow)?,
+            skip_end,
+        });
     }
     delete_set(&mut r)?;
     r.finish()
@@ -217,12 +302,13 @@ pub fn validate_awareness_update(bytes: &[u8]) -> Result<()> {
     r.finish()
 }
 
-/// One block of a client's block list; returns its clock length.
-fn block(r: &mut Reader<'_>, limits: &ValidateLimits) -> Result<u32> {
+/// One block of a client's block list; returns its clock length and whether it is a Skip.
+fn block(r: &mut Reader<'_>, limits: &ValidateLimits) -> Result<(u32, bool)> {
     let info = r.u8()?;
     match info {
-        INFO_GC | INFO_SKIP => non_zero(r.var_u32()?),
-        _ => item(r, info, limits),
+        INFO_GC => Ok((non_zero(r.var_u32()?)?, false)),
+        INFO_SKIP => Ok((non_zero(r.var_u32()?)?, true)),
+        _ => Ok((item(r, info, limits)?, false)),
     }
 }
 
@@ -537,7 +623,8 @@ mod tests {
         }
         fn var_tail(mut self, mut v: u64) -> Self {
             while v > 0 {
-                self.0.push(if v > 0x7f { 0x80 } else { 0 } | (v as u8 & 0x7f));
+                self.0
+                    .push(if v > 0x7f { 0x80 } else { 0 } | (v as u8 & 0x7f));
                 v >>= 7;
             }
             self
@@ -625,7 +712,11 @@ mod tests {
             .0;
         check(&full).unwrap();
         for len in 0..full.len() {
-            assert_eq!(check(&full[..len]), Err(InvalidInput::Truncated), "prefix {len}");
+            assert_eq!(
+                check(&full[..len]),
+                Err(InvalidInput::Truncated),
+                "prefix {len}"
+            );
         }
     }
 
@@ -634,8 +725,14 @@ mod tests {
         let mut bytes = string_update("x");
         bytes.push(0);
         assert_eq!(check(&bytes), Err(InvalidInput::TrailingBytes));
-        assert_eq!(validate_state_vector_v1(&[0, 0]), Err(InvalidInput::TrailingBytes));
-        assert_eq!(validate_awareness_update(&[0, 1]), Err(InvalidInput::TrailingBytes));
+        assert_eq!(
+            validate_state_vector_v1(&[0, 0]),
+            Err(InvalidInput::TrailingBytes)
+        );
+        assert_eq!(
+            validate_awareness_update(&[0, 1]),
+            Err(InvalidInput::TrailingBytes)
+        );
     }
 
     #[test]
@@ -670,7 +767,9 @@ mod tests {
         assert_eq!(r.var_u64(), Ok(u64::MAX));
         let mut r = Reader::new(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02]);
         assert_eq!(r.var_u64(), Err(InvalidInput::VarIntOverflow));
-        let mut r = Reader::new(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0]);
+        let mut r = Reader::new(&[
+            0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0,
+        ]);
         assert_eq!(r.var_u64(), Err(InvalidInput::VarIntOverflow));
         // Overlong but in range is fine (lib0 accepts it too).
         assert_eq!(Reader::new(&[0x81, 0x80, 0x00]).var_u64(), Ok(1));
@@ -678,7 +777,10 @@ mod tests {
         let max = Enc::default().var(u64::from(u32::MAX)).0;
         assert_eq!(Reader::new(&max).var_u32(), Ok(u32::MAX));
         let over = Enc::default().var(1 << 32).0;
-        assert_eq!(Reader::new(&over).var_u32(), Err(InvalidInput::VarIntOverflow));
+        assert_eq!(
+            Reader::new(&over).var_u32(),
+            Err(InvalidInput::VarIntOverflow)
+        );
         // Signed: magnitude up to 2^53 - 1.
         for (neg, mag, ok) in [
             (false, 0, true),
@@ -793,8 +895,17 @@ mod tests {
         check(&run(end - 10, 10)).unwrap();
         assert_eq!(check(&run(end - 10, 11)), Err(InvalidInput::ClockOverflow));
         assert_eq!(check(&run(end + 1, 1)), Err(InvalidInput::ClockOverflow));
-        assert_eq!(check(&run(0, u64::from(u32::MAX))), Err(InvalidInput::ClockOverflow));
+        assert_eq!(
+            check(&run(0, u64::from(u32::MAX))),
+            Err(InvalidInput::ClockOverflow)
+        );
         assert_eq!(check(&run(0, 1 << 32)), Err(InvalidInput::VarIntOverflow));
+        // yrs wraps clocks of 2^31 and more through i32.
+        assert_eq!(check(&run(1 << 31, 1)), Err(InvalidInput::ClockOverflow));
+        assert_eq!(
+            check(&run((1 << 31) - 2, 2)),
+            Err(InvalidInput::ClockOverflow)
+        );
         // Accumulated over several blocks.
         let two = Enc::default()
             .var(1)
@@ -808,10 +919,22 @@ mod tests {
             .no_ds();
         assert_eq!(check(&two), Err(InvalidInput::ClockOverflow));
         // Delete set ranges.
-        let ds = |clock: u64, len: u64| Enc::default().var(0).var(1).var(5).var(1).var(clock).var(len).0;
+        let ds = |clock: u64, len: u64| {
+            Enc::default()
+                .var(0)
+                .var(1)
+                .var(5)
+                .var(1)
+                .var(clock)
+                .var(len)
+                .0
+        };
         check(&ds(end - 1, 1)).unwrap();
         assert_eq!(check(&ds(end, 1)), Err(InvalidInput::ClockOverflow));
-        assert_eq!(check(&ds(u64::from(u32::MAX), u64::from(u32::MAX))), Err(InvalidInput::ClockOverflow));
+        assert_eq!(
+            check(&ds(u64::from(u32::MAX), u64::from(u32::MAX))),
+            Err(InvalidInput::ClockOverflow)
+        );
         // Origin clocks.
         let origin = |clock: u64| {
             Enc::one_block()
@@ -827,10 +950,83 @@ mod tests {
         // Awareness clocks must leave room for `clock + 1`; state vector clocks must fit u32.
         let aw = |clock: u64| Enc::default().var(1).var(1).var(clock).str("null").0;
         validate_awareness_update(&aw(u64::from(u32::MAX) - 1)).unwrap();
-        assert_eq!(validate_awareness_update(&aw(u64::from(u32::MAX))), Err(InvalidInput::ClockOverflow));
+        assert_eq!(
+            validate_awareness_update(&aw(u64::from(u32::MAX))),
+            Err(InvalidInput::ClockOverflow)
+        );
         let sv = |clock: u64| Enc::default().var(1).var(1).var(clock).0;
         validate_state_vector_v1(&sv(u64::from(u32::MAX))).unwrap();
-        assert_eq!(validate_state_vector_v1(&sv(1 << 32)), Err(InvalidInput::VarIntOverflow));
+        assert_eq!(
+            validate_state_vector_v1(&sv(1 << 32)),
+            Err(InvalidInput::VarIntOverflow)
+        );
+    }
+
+    #[test]
+    fn client_order_and_runs() {
+        // One client entry: 1 block, client, clock, a root string item "ab".
+        let entry = |client: u64, clock: u64| {
+            Enc::default()
+                .var(1)
+                .var(client)
+                .var(clock)
+                .root_item(CONTENT_STRING)
+                .str("ab")
+                .0
+        };
+        let two = |a: u64, b: u64| {
+            Enc::default()
+                .var(2)
+                .raw(&entry(a, 4))
+                .raw(&entry(b, 0))
+                .no_ds()
+        };
+        let mut runs = Vec::new();
+        validate_update_runs_v1(&two(9, 3), &ValidateLimits::default(), |r| runs.push(r)).unwrap();
+        assert_eq!(
+            runs,
+            [
+                ClientRun {
+                    client: 9,
+                    start: 4,
+                    end: 6,
+                    skip_end: None
+                },
+                ClientRun {
+                    client: 3,
+                    start: 0,
+                    end: 2,
+                    skip_end: None
+                },
+            ]
+        );
+        assert_eq!(check(&two(3, 9)), Err(InvalidInput::ClientOrder));
+        assert_eq!(check(&two(3, 3)), Err(InvalidInput::ClientOrder));
+        let skip = Enc::one_block().u8(INFO_SKIP).var(3).no_ds();
+        runs.clear();
+        validate_update_runs_v1(&skip, &ValidateLimits::default(), |r| runs.push(r)).unwrap();
+        assert_eq!(
+            runs,
+            [ClientRun {
+                client: 5,
+                start: 0,
+                end: 3,
+                skip_end: Some(3)
+            }]
+        );
+        // An empty run is reported too.
+        let empty = Enc::default().var(1).var(0).var(5).var(7).no_ds();
+        runs.clear();
+        validate_update_runs_v1(&empty, &ValidateLimits::default(), |r| runs.push(r)).unwrap();
+        assert_eq!(
+            runs,
+            [ClientRun {
+                client: 5,
+                start: 7,
+                end: 7,
+                skip_end: None
+            }]
+        );
     }
 
     #[test]
@@ -853,22 +1049,48 @@ mod tests {
 
     #[test]
     fn unknown_content_refs() {
-        for info in [11u8, 12, 15, 16, 20, 31, INFO_HAS_ORIGIN, INFO_HAS_RIGHT_ORIGIN | INFO_SKIP, 0x10 | 4] {
-            let bytes = Enc::one_block().u8(info).var(0).var(5).var(0).var(1).no_ds();
+        for info in [
+            11u8,
+            12,
+            15,
+            16,
+            20,
+            31,
+            INFO_HAS_ORIGIN,
+            INFO_HAS_RIGHT_ORIGIN | INFO_SKIP,
+            0x10 | 4,
+        ] {
+            let bytes = Enc::one_block()
+                .u8(info)
+                .var(0)
+                .var(5)
+                .var(0)
+                .var(1)
+                .no_ds();
             assert_eq!(
                 check(&bytes),
                 Err(InvalidInput::UnknownContent(info & INFO_CONTENT_MASK)),
                 "info {info}"
             );
         }
-        let json = Enc::one_block().root_item(CONTENT_JSON).var(1).str("1").no_ds();
+        let json = Enc::one_block()
+            .root_item(CONTENT_JSON)
+            .var(1)
+            .str("1")
+            .no_ds();
         assert_eq!(check(&json), Err(InvalidInput::Unsupported("json content")));
     }
 
     #[test]
     fn type_refs() {
         let ty = |type_ref: u8| Enc::one_block().root_item(CONTENT_TYPE).u8(type_ref);
-        for ok in [TYPE_ARRAY, TYPE_MAP, TYPE_TEXT, TYPE_XML_FRAGMENT, TYPE_XML_TEXT] {
+        for ok in [
+            TYPE_ARRAY,
+            TYPE_MAP,
+            TYPE_TEXT,
+            TYPE_XML_FRAGMENT,
+            TYPE_XML_TEXT,
+        ] {
             check(&ty(ok).no_ds()).unwrap();
         }
         check(&ty(TYPE_XML_ELEMENT).str("p").no_ds()).unwrap();
@@ -942,10 +1164,16 @@ mod tests {
         for _ in 0..100 {
             map = map.u8(ANY_MAP).var(1).str("k");
         }
-        assert_eq!(check(&any_update(map.u8(ANY_NULL))), Err(InvalidInput::TooDeep));
+        assert_eq!(
+            check(&any_update(map.u8(ANY_NULL))),
+            Err(InvalidInput::TooDeep)
+        );
         let strict = ValidateLimits { max_depth: 0 };
         validate_update_v1(&nested_arrays(0), &strict).unwrap();
-        assert_eq!(validate_update_v1(&nested_arrays(1), &strict), Err(InvalidInput::TooDeep));
+        assert_eq!(
+            validate_update_v1(&nested_arrays(1), &strict),
+            Err(InvalidInput::TooDeep)
+        );
     }
 
     #[test]
@@ -953,7 +1181,12 @@ mod tests {
         let bad: &[u8] = &[b'a', 0xff, b'b'];
         let cases = [
             // root type name
-            Enc::one_block().u8(CONTENT_DELETED).var(1).bytes(bad).var(1).no_ds(),
+            Enc::one_block()
+                .u8(CONTENT_DELETED)
+                .var(1)
+                .bytes(bad)
+                .var(1)
+                .no_ds(),
             // parent_sub
             Enc::one_block()
                 .u8(CONTENT_DELETED | INFO_HAS_PARENT_SUB)
@@ -963,16 +1196,32 @@ mod tests {
                 .var(1)
                 .no_ds(),
             // string content
-            Enc::one_block().root_item(CONTENT_STRING).bytes(bad).no_ds(),
+            Enc::one_block()
+                .root_item(CONTENT_STRING)
+                .bytes(bad)
+                .no_ds(),
             // format key
-            Enc::one_block().root_item(CONTENT_FORMAT).bytes(bad).str("true").no_ds(),
+            Enc::one_block()
+                .root_item(CONTENT_FORMAT)
+                .bytes(bad)
+                .str("true")
+                .no_ds(),
             // xml element name
-            Enc::one_block().root_item(CONTENT_TYPE).u8(TYPE_XML_ELEMENT).bytes(bad).no_ds(),
+            Enc::one_block()
+                .root_item(CONTENT_TYPE)
+                .u8(TYPE_XML_ELEMENT)
+                .bytes(bad)
+                .no_ds(),
             // any string / map key
             any_update(Enc::default().u8(ANY_STRING).bytes(bad)),
             any_update(Enc::default().u8(ANY_MAP).var(1).bytes(bad).u8(ANY_NULL)),
             // subdoc guid
-            Enc::one_block().root_item(CONTENT_DOC).bytes(bad).u8(ANY_MAP).var(0).no_ds(),
+            Enc::one_block()
+                .root_item(CONTENT_DOC)
+                .bytes(bad)
+                .u8(ANY_MAP)
+                .var(0)
+                .no_ds(),
         ];
         for (i, bytes) in cases.iter().enumerate() {
             assert_eq!(check(bytes), Err(InvalidInput::InvalidUtf8), "case {i}");
@@ -981,24 +1230,50 @@ mod tests {
         let cesu = string_update_raw(&[0xed, 0xa0, 0x80]);
         assert_eq!(check(&cesu), Err(InvalidInput::InvalidUtf8));
         let aw = Enc::default().var(1).var(1).var(1).bytes(bad).0;
-        assert_eq!(validate_awareness_update(&aw), Err(InvalidInput::InvalidUtf8));
+        assert_eq!(
+            validate_awareness_update(&aw),
+            Err(InvalidInput::InvalidUtf8)
+        );
     }
 
     fn string_update_raw(bytes: &[u8]) -> Vec<u8> {
-        Enc::one_block().root_item(CONTENT_STRING).bytes(bytes).no_ds()
+        Enc::one_block()
+            .root_item(CONTENT_STRING)
+            .bytes(bytes)
+            .no_ds()
     }
 
     #[test]
     fn json_content() {
         let embed = |s: &str| Enc::one_block().root_item(CONTENT_EMBED).str(s).no_ds();
-        let format = |s: &str| Enc::one_block().root_item(CONTENT_FORMAT).str("bold").str(s).no_ds();
-        for ok in ["null", "true", "{\"image\":\"x.png\",\"n\":[1,2.5,-3e10]}", " 1 "] {
+        let format = |s: &str| {
+            Enc::one_block()
+                .root_item(CONTENT_FORMAT)
+                .str("bold")
+                .str(s)
+                .no_ds()
+        };
+        for ok in [
+            "null",
+            "true",
+            "{\"image\":\"x.png\",\"n\":[1,2.5,-3e10]}",
+            " 1 ",
+        ] {
             check(&embed(ok)).unwrap();
             check(&format(ok)).unwrap();
         }
         // `undefined`, garbage, trailing commas, lone surrogate escapes, integers beyond i64
         // and out-of-range floats are all refused (`yrs` would fail on the last two too).
-        for bad in ["", "undefined", "{", "[1,]", "\"\\ud800\"", "18446744073709551615", "1e400", "nul"] {
+        for bad in [
+            "",
+            "undefined",
+            "{",
+            "[1,]",
+            "\"\\ud800\"",
+            "18446744073709551615",
+            "1e400",
+            "nul",
+        ] {
             assert_eq!(check(&embed(bad)), Err(InvalidInput::InvalidJson), "{bad}");
             assert_eq!(check(&format(bad)), Err(InvalidInput::InvalidJson), "{bad}");
         }
@@ -1009,13 +1284,32 @@ mod tests {
 
     #[test]
     fn parent_info_and_subdocs() {
-        let parent = |p: u64| Enc::one_block().u8(CONTENT_DELETED).var(p).str("t").var(1).no_ds();
+        let parent = |p: u64| {
+            Enc::one_block()
+                .u8(CONTENT_DELETED)
+                .var(p)
+                .str("t")
+                .var(1)
+                .no_ds()
+        };
         check(&parent(1)).unwrap();
         assert_eq!(check(&parent(2)), Err(InvalidInput::InvalidParentInfo));
         // yrs would truncate 2^32 + 1 to 1; Yjs would not.
-        assert_eq!(check(&parent((1 << 32) + 1)), Err(InvalidInput::VarIntOverflow));
-        let subdoc = |opts: Enc| Enc::one_block().root_item(CONTENT_DOC).str("guid").raw(&opts.0).no_ds();
-        check(&subdoc(Enc::default().u8(ANY_MAP).var(1).str("gc").u8(ANY_TRUE))).unwrap();
+        assert_eq!(
+            check(&parent((1 << 32) + 1)),
+            Err(InvalidInput::VarIntOverflow)
+        );
+        let subdoc = |opts: Enc| {
+            Enc::one_block()
+                .root_item(CONTENT_DOC)
+                .str("guid")
+                .raw(&opts.0)
+                .no_ds()
+        };
+        check(&subdoc(
+            Enc::default().u8(ANY_MAP).var(1).str("gc").u8(ANY_TRUE),
+        ))
+        .unwrap();
         for bad in [ANY_NULL, ANY_UNDEFINED, ANY_ARRAY] {
             assert_eq!(
                 check(&subdoc(Enc::default().u8(bad).var(0))),
@@ -1038,12 +1332,27 @@ mod tests {
         validate_awareness_update(&one("{\"user\":{\"name\":\"ann\"}}")).unwrap();
         validate_awareness_update(&one("null")).unwrap();
         for bad in ["", "{", "undefined", " null", "null "] {
-            assert_eq!(validate_awareness_update(&one(bad)), Err(InvalidInput::InvalidJson), "{bad:?}");
+            assert_eq!(
+                validate_awareness_update(&one(bad)),
+                Err(InvalidInput::InvalidJson),
+                "{bad:?}"
+            );
         }
-        let two = Enc::default().var(2).var(1).var(1).str("{}").var(2).var(1).str("null").0;
+        let two = Enc::default()
+            .var(2)
+            .var(1)
+            .var(1)
+            .str("{}")
+            .var(2)
+            .var(1)
+            .str("null")
+            .0;
         validate_awareness_update(&two).unwrap();
         for len in 0..two.len() {
-            assert_eq!(validate_awareness_update(&two[..len]), Err(InvalidInput::Truncated));
+            assert_eq!(
+                validate_awareness_update(&two[..len]),
+                Err(InvalidInput::Truncated)
+            );
         }
         assert_eq!(
             validate_awareness_update(&[0xff, 0xff, 0xff, 0xff, 0x0f]),
@@ -1053,14 +1362,29 @@ mod tests {
 
     #[test]
     fn state_vectors() {
-        let sv = Enc::default().var(2).var(1).var(10).var((1 << 53) - 1).var(0).0;
+        let sv = Enc::default()
+            .var(2)
+            .var(1)
+            .var(10)
+            .var((1 << 53) - 1)
+            .var(0)
+            .0;
         validate_state_vector_v1(&sv).unwrap();
         for len in 0..sv.len() {
-            assert_eq!(validate_state_vector_v1(&sv[..len]), Err(InvalidInput::Truncated));
+            assert_eq!(
+                validate_state_vector_v1(&sv[..len]),
+                Err(InvalidInput::Truncated)
+            );
         }
-        assert_eq!(validate_state_vector_v1(&[144, 243, 243, 59]), Err(InvalidInput::Truncated));
+        assert_eq!(
+            validate_state_vector_v1(&[144, 243, 243, 59]),
+            Err(InvalidInput::Truncated)
+        );
         let too_many = Enc::default().var(1 << 32).0;
-        assert_eq!(validate_state_vector_v1(&too_many), Err(InvalidInput::VarIntOverflow));
+        assert_eq!(
+            validate_state_vector_v1(&too_many),
+            Err(InvalidInput::VarIntOverflow)
+        );
     }
 
     #[test]
@@ -1080,6 +1404,7 @@ mod tests {
             InvalidInput::InvalidJson,
             InvalidInput::InvalidParentInfo,
             InvalidInput::InvalidSubdocOptions,
+            InvalidInput::ClientOrder,
             InvalidInput::Unsupported("json content"),
         ];
         for e in all {
