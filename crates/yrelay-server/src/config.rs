@@ -4,7 +4,8 @@
 //! environment variables, command-line flags. Every limit and timeout the server applies lives
 //! here; handlers read them from [`Config`] rather than carrying numbers of their own.
 //!
-//! A complete file with every default is in `docs/configuration.md`.
+//! A complete file with every default is `deploy/yrelay.toml` (also shown in
+//! `docs/configuration.md`; a test keeps the three in agreement).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -226,6 +227,18 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:1234");
         assert!(c.timeouts.keepalive_interval_ms < 30_000);
+    }
+
+    #[test]
+    fn shipped_example_file_states_the_defaults() {
+        let file = include_str!("../../../deploy/yrelay.toml");
+        let parsed: Config = toml::from_str(file).unwrap();
+        assert_eq!(parsed, Config::default());
+        // docs/configuration.md embeds the same file.
+        let doc = include_str!("../../../docs/configuration.md");
+        for line in file.lines().filter(|l| l.contains(" = ")) {
+            assert!(doc.contains(line), "docs/configuration.md lacks {line:?}");
+        }
     }
 
     #[test]
