@@ -56,14 +56,7 @@ async fn updates_fan_out_to_every_connection_of_the_room_only() {
     other.expect_silence(Duration::from_millis(300)).await;
 
     // A SyncStep2 carrying new content is broadcast as an ordinary Update.
-    let second = {
-        use yrs::{Doc, Text, Transact};
-        let doc = Doc::with_client_id(8);
-        let t = doc.get_or_insert_text("t");
-        let mut txn = doc.transact_mut();
-        t.insert(&mut txn, 0, "!");
-        txn.encode_update_v1()
-    };
+    let second = text_update(8, "!");
     b.send(encode_sync_step2(&second)).await;
     assert_eq!(a.recv().await, Msg::Update(second.clone()));
     assert_eq!(b.recv().await, Msg::Update(second));
