@@ -52,6 +52,43 @@ fn bench(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // The same typing into a document that 1000 other clients edited before (a long-lived
+    // room): the per-update cost that grows with the document's client count.
+    let seeded = || {
+        let mut room = RoomDoc::new();
+        for client in 0..1000u64 {
+            let doc = Doc::with_client_id(10_000 + client);
+            let text = doc.get_or_insert_text("other");
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, 0, "y");
+            let frame = encode_sync_update(&txn.encode_update_v1());
+            let ClientMessage::Update(u) = decode_client_message(&frame, &limits).unwrap() else {
+                unreachable!()
+            };
+            room.apply_update(&u).unwrap();
+        }
+        room
+    };
+    group.bench_function(
+        "decode_apply_broadcast_1000_typing_updates_1000_client_doc",
+        |b| {
+            b.iter_batched(
+                seeded,
+                |mut room| {
+                    for f in &frames {
+                        let ClientMessage::Update(u) = decode_client_message(f, &limits).unwrap()
+                        else {
+                            unreachable!()
+                        };
+                        let emitted = room.apply_update(&u).unwrap().unwrap();
+                        criterion::black_box(broadcast_frame(f, &emitted));
+                    }
+                    room
+                },
+                BatchSize::LargeInput,
+            )
+        },
+    );
     group.finish();
 
     let big = {

@@ -17,6 +17,7 @@
 //! - Text offsets are UTF-16 code units, as in JavaScript. With byte offsets, deleting the two
 //!   halves of an emoji separately (something JS clients do) underflows inside `yrs`.
 
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 
@@ -27,6 +28,7 @@ use yrs::updates::encoder::Encode;
 use yrs::{ClientID, Doc, OffsetKind, Options, ReadTxn, StateVector, Transact, Update};
 
 use crate::codec::{AwarenessUpdateV1, StateVectorV1, UpdateV1};
+use crate::validate::{validate_update_runs_v1, ValidateLimits};
 
 /// Why the document refused an update or awareness message.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +78,12 @@ pub struct RoomDoc {
     pending: Vec<UpdateV1>,
     /// Total bytes in `pending`.
     pending_bytes: usize,
+    /// The document's clock per client (its state vector), kept up to date from what the
+    /// document emits, so checking whether an update is ready costs O(its runs) rather than a
+    /// full state vector per message.
+    clocks: HashMap<u64, u32>,
+    /// How many parts of `emitted` have already been folded into `clocks`.
+    clocked_parts: usize,
 }
 
 impl Default for RoomDoc {
@@ -91,6 +99,19 @@ impl std::fmt::Debug for RoomDoc {
 }
 
 const OBSERVER_KEY: &str = "yrelay-room";
+
+/// Nesting allowed when walking what the document itself emitted: whatever it integrated was
+/// validated with at most the configured depth, so this only bounds the walk.
+const EMITTED_LIMITS: ValidateLimits = ValidateLimits { max_depth: 1024 };
+
+/// Whether every client run of `update` starts at or before the document's clock for that
+/// client and any hole in it is already covered.
+fn ready(clocks: &HashMap<u64, u32>, update: &UpdateV1) -> bool {
+    update.runs().iter().all(|run| {
+        let clock = clocks.get(&run.client).copied().unwrap_or(0);
+        run.start <= clock && run.skip_end.is_none_or(|end| clock >= end)
+    })
+}
 
 /// A document with JavaScript's text offsets (UTF-16 code units).
 fn new_doc() -> Doc {
@@ -120,6 +141,8 @@ impl RoomDoc {
             emitted,
             pending: Vec::new(),
             pending_bytes: 0,
+            clocks: HashMap::new(),
+            clocked_parts: 0,
         }
     }
 
@@ -134,7 +157,7 @@ impl RoomDoc {
     /// with everything it unblocks, once they arrive.
     pub fn apply_update(&mut self, update: &UpdateV1) -> Result<Option<Vec<u8>>, DocError> {
         self.take_emitted();
-        if !self.ready(update) {
+        if !ready(&self.clocks, update) {
             if self.pending_bytes + update.len() > MAX_PENDING_BYTES {
                 return Err(DocError::PendingOverflow);
             }
@@ -150,19 +173,12 @@ impl RoomDoc {
         result.map(|()| emitted)
     }
 
-    /// Whether every client run of `update` starts at or before the document's clock for that
-    /// client and any hole in it is already covered.
-    fn ready(&self, update: &UpdateV1) -> bool {
-        let sv = self.doc().transact().state_vector();
-        update.runs().iter().all(|run| {
-            let clock = sv.get(&ClientID::new(run.client));
-            run.start <= clock && run.skip_end.is_none_or(|end| clock >= end)
-        })
-    }
-
     /// Applies held-back updates as long as one of them became ready.
     fn apply_unblocked(&mut self) {
-        while let Some(i) = self.pending.iter().position(|u| self.ready(u)) {
+        while !self.pending.is_empty() {
+            let Some(i) = self.pending.iter().position(|u| ready(&self.clocks, u)) else {
+                break;
+            };
             let update = self.pending.swap_remove(i);
             self.pending_bytes -= update.len();
             // A held-back update that fails now is dropped; its sender resyncs on reconnect.
@@ -184,6 +200,8 @@ impl RoomDoc {
             let mut txn = doc.transact_mut();
             txn.apply_update(decoded)
         }));
+        // Whatever the outcome, fold what the document emitted into the clock cache.
+        self.advance_clocks();
         match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(DocError::Apply(e.to_string())),
@@ -195,8 +213,38 @@ impl RoomDoc {
         }
     }
 
+    /// Folds newly emitted updates into `clocks`: an emitted update holds, per client, exactly
+    /// the clock range the transaction integrated, so its run ends are the new clocks.
+    fn advance_clocks(&mut self) {
+        let parts = self.emitted.lock().unwrap_or_else(|p| p.into_inner());
+        let mut exact = true;
+        for part in &parts[self.clocked_parts.min(parts.len())..] {
+            let clocks = &mut self.clocks;
+            let walked = validate_update_runs_v1(part, &EMITTED_LIMITS, |run| {
+                let clock = clocks.entry(run.client).or_default();
+                *clock = (*clock).max(run.end);
+            });
+            exact &= walked.is_ok();
+        }
+        self.clocked_parts = parts.len();
+        drop(parts);
+        if !exact {
+            // Never expected (yrs emitted something our walker refuses); take the slow, exact
+            // path rather than trust a partial update.
+            self.reload_clocks();
+        }
+    }
+
+    /// Recomputes `clocks` from the document's state vector.
+    fn reload_clocks(&mut self) {
+        let sv = self.doc().transact().state_vector();
+        self.clocks = sv.iter().map(|(c, &clock)| (c.get(), clock)).collect();
+    }
+
     /// Merges everything emitted since the last drain into one update.
-    fn take_emitted(&self) -> Option<Vec<u8>> {
+    fn take_emitted(&mut self) -> Option<Vec<u8>> {
+        self.advance_clocks();
+        self.clocked_parts = 0;
         let mut parts = match self.emitted.lock() {
             Ok(mut guard) => std::mem::take(&mut *guard),
             Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
@@ -227,6 +275,7 @@ impl RoomDoc {
             }
         }
         *self = Self::from_doc(doc);
+        self.reload_clocks();
         self.pending_bytes = pending.iter().map(UpdateV1::len).sum();
         self.pending = pending;
         if let Some(states) = states {
@@ -328,5 +377,75 @@ impl RoomDoc {
             .iter()
             .filter(|(_, state)| state.data.is_some())
             .count()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use bytes::Bytes;
+    use proptest::prelude::*;
+    use yrs::{GetString, Map, Text, TextRef, WriteTxn};
+
+    use super::*;
+
+    fn sv_map(room: &RoomDoc) -> HashMap<u64, u32> {
+        room.doc()
+            .transact()
+            .state_vector()
+            .iter()
+            .map(|(c, &clock)| (c.get(), clock))
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Updates from three editors, delivered in any order: the clock cache always equals the
+        /// real state vector, nothing stays pending once everything arrived, and the room ends
+        /// with exactly the editors' merged content.
+        #[test]
+        fn clock_cache_tracks_the_state_vector(
+            edits in proptest::collection::vec((0usize..3, 0u32..20, "[a-z]{1,4}", any::<bool>()), 1..40),
+            order in proptest::collection::vec(any::<prop::sample::Index>(), 40),
+        ) {
+            let editors: Vec<Doc> = (1..=3u64).map(Doc::with_client_id).collect();
+            let reference = Doc::with_client_id(99);
+            let mut updates = Vec::new();
+            for (who, pos, s, delete) in &edits {
+                let doc = &editors[*who];
+                let text: TextRef = doc.get_or_insert_text("t");
+                let mut txn = doc.transact_mut();
+                let len = text.len(&txn);
+                if *delete && len > 0 {
+                    text.remove_range(&mut txn, pos % len, 1);
+                } else {
+                    text.insert(&mut txn, pos % (len + 1), s);
+                    txn.get_or_insert_map("m").insert(&mut txn, s.clone(), *pos);
+                }
+                let u = txn.encode_update_v1();
+                drop(txn);
+                // Keep the editors in sync with each other so later edits depend on earlier ones.
+                for other in &editors {
+                    other.transact_mut().apply_update(Update::decode_v1(&u).unwrap()).unwrap();
+                }
+                reference.transact_mut().apply_update(Update::decode_v1(&u).unwrap()).unwrap();
+                updates.push(u);
+            }
+            // Deliver in a shuffled order.
+            let mut remaining = updates;
+            let mut room = RoomDoc::new();
+            let limits = ValidateLimits::default();
+            let mut i = 0;
+            while !remaining.is_empty() {
+                let idx = order[i % order.len()].index(remaining.len());
+                i += 1;
+                let u = remaining.swap_remove(idx);
+                room.apply_update(&UpdateV1::parse(Bytes::from(u), &limits).unwrap()).unwrap();
+                prop_assert_eq!(&room.clocks, &sv_map(&room));
+            }
+            prop_assert_eq!(room.pending_bytes(), 0);
+            let text = |d: &Doc| d.get_or_insert_text("t").get_string(&d.transact());
+            prop_assert_eq!(text(room.doc()), text(&reference));
+        }
     }
 }

@@ -80,7 +80,10 @@ fn file_then_env_then_flags() {
         .strip_prefix("yrelay listening on ws://")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_owned();
-    assert!(!addr.ends_with(":1"), "YRELAY_LISTEN did not override the file: {addr}");
+    assert!(
+        !addr.ends_with(":1"),
+        "YRELAY_LISTEN did not override the file: {addr}"
+    );
     assert!(data.is_dir(), "--data-dir was not used");
     assert_eq!(http_status(&addr, "/abcde"), 101, "5-byte name accepted");
     assert_eq!(http_status(&addr, "/abcdef"), 400, "file limit applied");
@@ -91,7 +94,10 @@ fn file_then_env_then_flags() {
 fn bad_configuration_is_refused_with_a_message() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("[timeouts]\nkeepalive_interval_ms = 30000\n", "keepalive_interval_ms"),
+        (
+            "[timeouts]\nkeepalive_interval_ms = 30000\n",
+            "keepalive_interval_ms",
+        ),
         ("lisen = \"127.0.0.1:0\"\n", "lisen"),
     ];
     for (text, expected) in cases {
@@ -110,5 +116,8 @@ fn bad_configuration_is_refused_with_a_message() {
         .args(["serve", "--tls-cert", "x.pem"])
         .output()
         .unwrap();
-    assert!(!out.status.success(), "--tls-cert without --tls-key must be refused");
+    assert!(
+        !out.status.success(),
+        "--tls-cert without --tls-key must be refused"
+    );
 }
