@@ -44,8 +44,8 @@ fn bench(c: &mut Criterion) {
                     else {
                         unreachable!()
                     };
-                    let emitted = room.apply_update(&u).unwrap().unwrap();
-                    criterion::black_box(broadcast_frame(f, &emitted));
+                    let applied = room.apply_update(&u, 1);
+                    criterion::black_box(broadcast_frame(f, &applied.emitted[0]));
                 }
                 room
             },
@@ -65,7 +65,7 @@ fn bench(c: &mut Criterion) {
             let ClientMessage::Update(u) = decode_client_message(&frame, &limits).unwrap() else {
                 unreachable!()
             };
-            room.apply_update(&u).unwrap();
+            let _ = room.apply_update(&u, 1);
         }
         room
     };
@@ -80,8 +80,8 @@ fn bench(c: &mut Criterion) {
                         else {
                             unreachable!()
                         };
-                        let emitted = room.apply_update(&u).unwrap().unwrap();
-                        criterion::black_box(broadcast_frame(f, &emitted));
+                        let applied = room.apply_update(&u, 1);
+                        criterion::black_box(broadcast_frame(f, &applied.emitted[0]));
                     }
                     room
                 },
@@ -108,7 +108,7 @@ fn bench(c: &mut Criterion) {
                 let ClientMessage::Update(u) = decode_client_message(&big, &limits).unwrap() else {
                     unreachable!()
                 };
-                room.apply_update(&u).unwrap();
+                let _ = room.apply_update(&u, 1);
                 room
             },
             BatchSize::PerIteration,

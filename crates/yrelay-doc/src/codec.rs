@@ -104,6 +104,14 @@ impl UpdateV1 {
         &self.bytes
     }
 
+    /// The same update in its own allocation, detached from the buffer it was sliced from.
+    pub fn detached(&self) -> Self {
+        Self {
+            bytes: Bytes::copy_from_slice(&self.bytes),
+            runs: self.runs.clone(),
+        }
+    }
+
     /// Each client's block run in the update (descending client order).
     pub fn runs(&self) -> &[ClientRun] {
         &self.runs
@@ -125,6 +133,13 @@ impl AwarenessUpdateV1 {
     pub fn parse(bytes: Bytes) -> Result<Self, InvalidInput> {
         validate_awareness_update(&bytes)?;
         Ok(Self(bytes))
+    }
+
+    /// The client IDs the update speaks for.
+    pub fn client_ids(&self) -> Vec<u64> {
+        yrs::sync::awareness::AwarenessUpdate::decode_v1(&self.0)
+            .map(|u| u.clients.keys().map(|c| c.get()).collect())
+            .unwrap_or_default()
     }
 
     /// The validated bytes.

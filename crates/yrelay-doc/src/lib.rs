@@ -24,5 +24,5 @@ pub mod validate;
 pub use codec::{
     decode_client_message, AwarenessUpdateV1, ClientMessage, ProtocolError, StateVectorV1, UpdateV1,
 };
-pub use room::{AwarenessChange, DocError, RoomDoc};
+pub use room::{Applied, AwarenessChange, DocError, RoomDoc};
 pub use validate::{ClientRun, InvalidInput, ValidateLimits};

@@ -53,6 +53,27 @@ pub enum DocError {
 /// vector when it reconnects.
 pub const MAX_PENDING_BYTES: usize = 32 << 20;
 
+/// Number of updates a room holds back (bounds the readiness scan after every update).
+pub const MAX_PENDING_UPDATES: usize = 4096;
+
+/// What applying an update did.
+#[derive(Debug, Default)]
+#[must_use]
+pub struct Applied {
+    /// What the document emitted, one v1 update per transaction, in order: broadcast each.
+    pub emitted: Vec<Vec<u8>>,
+    /// Updates that were refused, with the origin that sent each: the sender of the update
+    /// just applied, or of a held-back update that failed once it became ready.
+    pub refused: Vec<(u64, DocError)>,
+}
+
+/// A held-back update and the connection it came from.
+#[derive(Debug)]
+struct Pending {
+    origin: u64,
+    update: UpdateV1,
+}
+
 /// The change an awareness message caused.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AwarenessChange {
@@ -75,7 +96,7 @@ pub struct RoomDoc {
     /// locked for a push or a take, never across anything that blocks.
     emitted: Arc<Mutex<Vec<Vec<u8>>>>,
     /// Updates held back until the document's clocks reach their runs.
-    pending: Vec<UpdateV1>,
+    pending: Vec<Pending>,
     /// Total bytes in `pending`.
     pending_bytes: usize,
     /// The document's clock per client (its state vector), kept up to date from what the
@@ -151,39 +172,68 @@ impl RoomDoc {
         self.awareness.doc()
     }
 
-    /// Applies a validated update and returns what the document emitted, if anything changed.
+    /// Applies a validated update from `origin` (a connection, or 0 for the server itself).
     ///
     /// An update whose predecessors are missing is held back (nothing is emitted) and applied,
-    /// with everything it unblocks, once they arrive.
-    pub fn apply_update(&mut self, update: &UpdateV1) -> Result<Option<Vec<u8>>, DocError> {
-        self.take_emitted();
+    /// with everything it unblocks, once they arrive. Whatever the document emitted is in
+    /// [`Applied::emitted`] even when an update was refused halfway (`yrs` may integrate some
+    /// client runs before failing on a later one): every change the document holds must reach
+    /// the subscribers.
+    pub fn apply_update(&mut self, update: &UpdateV1, origin: u64) -> Applied {
+        let mut refused = Vec::new();
         if !ready(&self.clocks, update) {
-            if self.pending_bytes + update.len() > MAX_PENDING_BYTES {
-                return Err(DocError::PendingOverflow);
+            if self.pending_bytes + update.len() > MAX_PENDING_BYTES
+                || self.pending.len() >= MAX_PENDING_UPDATES
+            {
+                refused.push((origin, DocError::PendingOverflow));
+            } else {
+                self.pending_bytes += update.len();
+                // A copy: the validated bytes are a slice of a network read buffer, which a
+                // long-held slice would keep alive whole.
+                self.pending.push(Pending {
+                    origin,
+                    update: update.detached(),
+                });
             }
-            self.pending_bytes += update.len();
-            self.pending.push(update.clone());
-            return Ok(None);
+            return Applied {
+                emitted: self.take_emitted(),
+                refused,
+            };
         }
-        let result = self.integrate(update);
-        if result.is_ok() {
-            self.apply_unblocked();
+        match self.integrate(update) {
+            Ok(()) => self.apply_unblocked(&mut refused),
+            Err(e) => refused.push((origin, e)),
         }
-        let emitted = self.take_emitted();
-        result.map(|()| emitted)
+        Applied {
+            emitted: self.take_emitted(),
+            refused,
+        }
     }
 
-    /// Applies held-back updates as long as one of them became ready.
-    fn apply_unblocked(&mut self) {
+    /// Applies held-back updates as long as one of them became ready; a held-back update that
+    /// fails now is reported against its sender.
+    fn apply_unblocked(&mut self, refused: &mut Vec<(u64, DocError)>) {
         while !self.pending.is_empty() {
-            let Some(i) = self.pending.iter().position(|u| ready(&self.clocks, u)) else {
+            let Some(i) = self
+                .pending
+                .iter()
+                .position(|p| ready(&self.clocks, &p.update))
+            else {
                 break;
             };
-            let update = self.pending.swap_remove(i);
-            self.pending_bytes -= update.len();
-            // A held-back update that fails now is dropped; its sender resyncs on reconnect.
-            let _ = self.integrate(&update);
+            let pending = self.pending.swap_remove(i);
+            self.pending_bytes -= pending.update.len();
+            if let Err(e) = self.integrate(&pending.update) {
+                refused.push((pending.origin, e));
+            }
         }
+    }
+
+    /// Forgets the held-back updates of `origin` (a connection that left: it sends them again,
+    /// by state vector, when it reconnects).
+    pub fn drop_pending_from(&mut self, origin: u64) {
+        self.pending.retain(|p| p.origin != origin);
+        self.pending_bytes = self.pending.iter().map(|p| p.update.len()).sum();
     }
 
     /// Bytes of updates currently held back.
@@ -206,7 +256,6 @@ impl RoomDoc {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(DocError::Apply(e.to_string())),
             Err(_) => {
-                self.take_emitted();
                 self.recover_after_panic();
                 Err(DocError::Panicked)
             }
@@ -241,19 +290,12 @@ impl RoomDoc {
         self.clocks = sv.iter().map(|(c, &clock)| (c.get(), clock)).collect();
     }
 
-    /// Merges everything emitted since the last drain into one update.
-    fn take_emitted(&mut self) -> Option<Vec<u8>> {
+    /// Everything emitted since the last drain, one update per transaction, in order.
+    fn take_emitted(&mut self) -> Vec<Vec<u8>> {
         self.advance_clocks();
         self.clocked_parts = 0;
-        let mut parts = match self.emitted.lock() {
-            Ok(mut guard) => std::mem::take(&mut *guard),
-            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
-        };
-        match parts.len() {
-            0 => None,
-            1 => parts.pop(),
-            _ => yrs::merge_updates_v1(parts.iter().map(Vec::as_slice)).ok(),
-        }
+        let mut guard = self.emitted.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *guard)
     }
 
     /// Rebuilds the document from its own full state after `yrs` panicked mid-transaction,
@@ -276,7 +318,7 @@ impl RoomDoc {
         }
         *self = Self::from_doc(doc);
         self.reload_clocks();
-        self.pending_bytes = pending.iter().map(UpdateV1::len).sum();
+        self.pending_bytes = pending.iter().map(|p| p.update.len()).sum();
         self.pending = pending;
         if let Some(states) = states {
             let _ = self.awareness.apply_update(states);
@@ -351,16 +393,12 @@ impl RoomDoc {
 
     /// Removes the awareness states of `clients` (bumping their clocks, as y-protocols'
     /// `removeAwarenessStates` does) and returns the removal to broadcast, if any of them was
-    /// present.
+    /// present. O(number of clients given).
     pub fn remove_awareness(&mut self, clients: &[u64]) -> Option<Vec<u8>> {
         let present: Vec<ClientID> = clients
             .iter()
             .map(|&c| ClientID::new(c))
-            .filter(|c| {
-                self.awareness
-                    .iter()
-                    .any(|(id, state)| id == *c && state.data.is_some())
-            })
+            .filter(|&c| self.is_present(c))
             .collect();
         if present.is_empty() {
             return None;
@@ -369,6 +407,26 @@ impl RoomDoc {
             self.awareness.remove_state(c);
         }
         self.encode_awareness_for(present)
+    }
+
+    /// Whether `client` has a non-null awareness state (O(1)).
+    fn is_present(&self, client: ClientID) -> bool {
+        self.awareness
+            .update_with_clients([client])
+            .is_ok_and(|u| u.clients.values().any(|e| &*e.json != "null"))
+    }
+
+    /// Client IDs whose state was last renewed `max_age_ms` or more before `now_ms` (Unix
+    /// milliseconds). Official clients renew every 15 s; y-protocols drops states older than
+    /// 30 s, and so should the caller, with [`RoomDoc::remove_awareness`].
+    pub fn outdated_awareness(&self, now_ms: u64, max_age_ms: u64) -> Vec<u64> {
+        self.awareness
+            .iter()
+            .filter(|(_, state)| {
+                state.data.is_some() && now_ms.saturating_sub(state.last_updated) >= max_age_ms
+            })
+            .map(|(id, _)| id.get())
+            .collect()
     }
 
     /// Number of clients with a present awareness state.
@@ -440,7 +498,8 @@ mod tests {
                 let idx = order[i % order.len()].index(remaining.len());
                 i += 1;
                 let u = remaining.swap_remove(idx);
-                room.apply_update(&UpdateV1::parse(Bytes::from(u), &limits).unwrap()).unwrap();
+                let applied = room.apply_update(&UpdateV1::parse(Bytes::from(u), &limits).unwrap(), 1);
+                prop_assert!(applied.refused.is_empty());
                 prop_assert_eq!(&room.clocks, &sv_map(&room));
             }
             prop_assert_eq!(room.pending_bytes(), 0);

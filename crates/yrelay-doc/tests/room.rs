@@ -9,6 +9,18 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
 
+/// What the room emitted for one accepted update (asserting nothing was refused and at most
+/// one transaction ran).
+fn ok(applied: yrelay_doc::Applied) -> Option<Vec<u8>> {
+    assert!(applied.refused.is_empty(), "refused: {:?}", applied.refused);
+    assert!(
+        applied.emitted.len() <= 1,
+        "{} parts",
+        applied.emitted.len()
+    );
+    applied.emitted.into_iter().next()
+}
+
 fn upd(bytes: Vec<u8>) -> UpdateV1 {
     UpdateV1::parse(Bytes::from(bytes), &ValidateLimits::default()).unwrap()
 }
@@ -19,6 +31,18 @@ fn text_of(update: &[u8]) -> String {
     doc.transact_mut()
         .apply_update(Update::decode_v1(update).unwrap())
         .unwrap();
+    let s = t.get_string(&doc.transact());
+    s
+}
+
+fn text_of_all(updates: &[Vec<u8>]) -> String {
+    let doc = Doc::new();
+    let t = doc.get_or_insert_text("t");
+    for u in updates {
+        doc.transact_mut()
+            .apply_update(Update::decode_v1(u).unwrap())
+            .unwrap();
+    }
     let s = t.get_string(&doc.transact());
     s
 }
@@ -44,7 +68,7 @@ fn two_updates() -> (Vec<u8>, Vec<u8>) {
 fn new_update_is_emitted_byte_identical() {
     let (first, _) = two_updates();
     let mut room = RoomDoc::new();
-    let emitted = room.apply_update(&upd(first.clone())).unwrap();
+    let emitted = ok(room.apply_update(&upd(first.clone()), 1));
     assert_eq!(emitted.as_deref(), Some(&first[..]));
 }
 
@@ -52,17 +76,20 @@ fn new_update_is_emitted_byte_identical() {
 fn duplicate_emits_nothing() {
     let (first, _) = two_updates();
     let mut room = RoomDoc::new();
-    room.apply_update(&upd(first.clone())).unwrap();
-    assert_eq!(room.apply_update(&upd(first)).unwrap(), None);
+    ok(room.apply_update(&upd(first.clone()), 1));
+    assert_eq!(ok(room.apply_update(&upd(first), 1)), None);
 }
 
 #[test]
 fn missing_dependency_waits_for_the_gap() {
     let (first, second) = two_updates();
     let mut room = RoomDoc::new();
-    assert_eq!(room.apply_update(&upd(second)).unwrap(), None);
-    let emitted = room.apply_update(&upd(first)).unwrap().unwrap();
-    assert_eq!(text_of(&emitted), "abcd");
+    assert_eq!(ok(room.apply_update(&upd(second), 1)), None);
+    // Two transactions: `first`, then the held-back `second` it unblocked.
+    let applied = room.apply_update(&upd(first), 1);
+    assert!(applied.refused.is_empty());
+    assert_eq!(applied.emitted.len(), 2);
+    assert_eq!(text_of_all(&applied.emitted), "abcd");
     assert_eq!(text_of(&room.encode_state()), "abcd");
 }
 
@@ -71,8 +98,8 @@ fn overlapping_update_emits_only_its_new_part() {
     let (first, second) = two_updates();
     let merged = yrs::merge_updates_v1([&first, &second]).unwrap();
     let mut room = RoomDoc::new();
-    room.apply_update(&upd(first.clone())).unwrap();
-    let emitted = room.apply_update(&upd(merged)).unwrap().unwrap();
+    ok(room.apply_update(&upd(first.clone()), 1));
+    let emitted = ok(room.apply_update(&upd(merged), 1)).unwrap();
     // The emitted part applies on top of `first` to give the full text and does not contain
     // the first two characters again.
     let doc = Doc::new();
@@ -95,8 +122,8 @@ fn overlapping_update_emits_only_its_new_part() {
 fn diff_sends_only_what_the_peer_lacks() {
     let (first, second) = two_updates();
     let mut room = RoomDoc::new();
-    room.apply_update(&upd(first.clone())).unwrap();
-    room.apply_update(&upd(second)).unwrap();
+    ok(room.apply_update(&upd(first.clone()), 1));
+    ok(room.apply_update(&upd(second), 1));
 
     let peer = Doc::new();
     let pt = peer.get_or_insert_text("t");
@@ -176,9 +203,12 @@ fn runs_after_a_hole_are_held_back_not_handed_to_yrs() {
         1, 3, 7, 5, 4, 1, 1, b'x', 1, b'a', 10, 1, 4, 1, 1, b'x', 1, b'b', 0,
     ]);
     let second = raw(&[1, 1, 7, 6, 0, 2, 0]);
-    assert_eq!(room.apply_update(&first).unwrap(), None);
-    assert_eq!(room.apply_update(&second).unwrap(), None);
+    assert_eq!(ok(room.apply_update(&first, 1)), None);
+    assert_eq!(ok(room.apply_update(&second, 1)), None);
     assert_eq!(room.pending_bytes(), first.len() + second.len());
+    // Leaving drops what the connection had held back.
+    room.drop_pending_from(1);
+    assert_eq!(room.pending_bytes(), 0);
     // The document is untouched and still encodes to something a fresh document loads.
     let state = room.encode_state();
     assert_eq!(text_of(&state), "");
@@ -199,15 +229,18 @@ fn held_back_updates_apply_once_the_gap_is_filled_and_are_bounded() {
     let body = next(&big);
     let tail = next(&big);
     let mut room = RoomDoc::new();
-    assert_eq!(room.apply_update(&upd(body)).unwrap(), None);
+    assert_eq!(ok(room.apply_update(&upd(body), 1)), None);
     // 40 MiB waiting would pass MAX_PENDING_BYTES (32 MiB): refused, not buffered.
+    let applied = room.apply_update(&upd(tail), 2);
+    assert!(applied.emitted.is_empty());
     assert!(matches!(
-        room.apply_update(&upd(tail)),
-        Err(yrelay_doc::DocError::PendingOverflow)
+        applied.refused.as_slice(),
+        [(2, yrelay_doc::DocError::PendingOverflow)]
     ));
-    let emitted = room.apply_update(&upd(head)).unwrap().unwrap();
+    let applied = room.apply_update(&upd(head), 1);
+    assert!(applied.refused.is_empty());
     assert_eq!(room.pending_bytes(), 0);
-    let text = text_of(&emitted);
+    let text = text_of_all(&applied.emitted);
     assert_eq!(text.len(), 5 + big.len());
     assert!(text.starts_with("head;x"));
 }
@@ -216,9 +249,97 @@ fn held_back_updates_apply_once_the_gap_is_filled_and_are_bounded() {
 fn deleting_halves_of_an_emoji_does_not_break_the_document() {
     // "👋" (two UTF-16 units) from client 1, then JS-style deletes of each half.
     let mut room = RoomDoc::new();
-    room.apply_update(&raw(&[1, 1, 1, 0, 4, 1, 1, b't', 4, 240, 159, 145, 139, 0]))
-        .unwrap();
-    let _ = room.apply_update(&raw(&[0, 1, 1, 1, 1, 1]));
-    let _ = room.apply_update(&raw(&[0, 1, 1, 1, 0, 1]));
+    ok(room.apply_update(
+        &raw(&[1, 1, 1, 0, 4, 1, 1, b't', 4, 240, 159, 145, 139, 0]),
+        1,
+    ));
+    let _ = room.apply_update(&raw(&[0, 1, 1, 1, 1, 1]), 1);
+    let _ = room.apply_update(&raw(&[0, 1, 1, 1, 0, 1]), 1);
     assert_eq!(text_of(&room.encode_state()), "");
+}
+
+#[test]
+fn a_half_applied_update_is_still_broadcast() {
+    // Client 9 inserts into root "t"; client 5 claims a string item as its parent, which yrs
+    // refuses after integrating client 9's run. What the document took in must be emitted.
+    let mut room = RoomDoc::new();
+    ok(room.apply_update(&upd(text_update_for(1, "abc")), 1));
+    let bad = raw(&[
+        2, // two clients, descending
+        1, 9, 0, 4, 1, 1, b't', 1, b'x', // client 9 @0: "x" into root "t"
+        1, 5, 0, 4, 0, 1, 0, 1, b'y', // client 5 @0: "y" with parent ID(1, 0)
+        0,
+    ]);
+    let applied = room.apply_update(&bad, 7);
+    assert!(
+        matches!(
+            applied.refused.as_slice(),
+            [(7, yrelay_doc::DocError::Apply(_))]
+        ),
+        "{:?}",
+        applied.refused
+    );
+    assert_eq!(applied.emitted.len(), 1, "the integrated part is emitted");
+    let mut all = vec![text_update_for(1, "abc")];
+    all.extend(applied.emitted);
+    assert_eq!(text_of_all(&all), text_of(&room.encode_state()));
+}
+
+fn text_update_for(client: u64, s: &str) -> Vec<u8> {
+    let doc = Doc::with_client_id(client);
+    let t = doc.get_or_insert_text("t");
+    let mut txn = doc.transact_mut();
+    t.insert(&mut txn, 0, s);
+    txn.encode_update_v1()
+}
+
+#[test]
+fn removing_many_awareness_clients_is_linear() {
+    let mut room = RoomDoc::new();
+    let mut a = Awareness::new(Doc::with_client_id(1));
+    a.set_local_state_raw("{}");
+    // 20k clients in one update, then removed at once: quadratic removal took seconds here.
+    let mut clients = std::collections::HashMap::new();
+    for c in 1..=20_000u64 {
+        clients.insert(
+            yrs::ClientID::new(c),
+            yrs::sync::awareness::AwarenessUpdateEntry {
+                clock: 1,
+                json: "{}".into(),
+            },
+        );
+    }
+    let update = yrs::sync::awareness::AwarenessUpdate { clients }.encode_v1();
+    let change = room
+        .apply_awareness(&AwarenessUpdateV1::parse(Bytes::from(update)).unwrap())
+        .unwrap();
+    assert_eq!(change.added.len(), 20_000);
+    let started = std::time::Instant::now();
+    let removal = room.remove_awareness(&change.added).unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(room.awareness_len(), 0);
+    assert_eq!(
+        yrs::sync::awareness::AwarenessUpdate::decode_v1(&removal)
+            .unwrap()
+            .clients
+            .len(),
+        20_000
+    );
+}
+
+#[test]
+fn outdated_awareness_is_reported() {
+    let mut room = RoomDoc::new();
+    room.apply_awareness(&awareness_update(5, r#"{"a":1}"#))
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(room.outdated_awareness(now, 30_000).is_empty());
+    assert_eq!(room.outdated_awareness(now + 30_000, 30_000), vec![5]);
 }
