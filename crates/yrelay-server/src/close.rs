@@ -6,6 +6,7 @@
 //! | 1001 | the server is shutting down; reconnect to another node or later |
 //! | 1003 | a text frame: the protocol is binary only |
 //! | 1007 | a malformed message or an update the document refused (reason says which) |
+//! | 1008 | a per-connection limit was passed (e.g. too many awareness client IDs) |
 //! | 1009 | a message larger than `limits.max_message_bytes` |
 //! | 1011 | an internal error |
 //! | 1013 | slow consumer: the outbound queue overflowed; reconnect and resync |
@@ -26,6 +27,8 @@ pub const GOING_AWAY: u16 = 1001;
 pub const UNSUPPORTED_DATA: u16 = 1003;
 /// Malformed message or refused update.
 pub const INVALID_PAYLOAD: u16 = 1007;
+/// Policy violation (a per-connection limit).
+pub const POLICY_VIOLATION: u16 = 1008;
 /// Message too big.
 pub const MESSAGE_TOO_BIG: u16 = 1009;
 /// Internal error.
@@ -101,6 +104,13 @@ impl CloseReason {
             _ => Self::new(INVALID_PAYLOAD, err.to_string()),
         }
     }
+    /// A connection spoke for more awareness client IDs than allowed.
+    pub fn too_many_awareness_clients(cap: usize) -> Self {
+        Self::new(
+            POLICY_VIOLATION,
+            format!("more than {cap} awareness client ids on one connection"),
+        )
+    }
     /// Something failed inside the server.
     pub fn internal(what: &'static str) -> Self {
         Self::new(INTERNAL_ERROR, what)
@@ -113,6 +123,7 @@ impl CloseReason {
             UNSUPPORTED_DATA => "text_frame",
             INVALID_PAYLOAD => "invalid_payload",
             MESSAGE_TOO_BIG => "too_big",
+            POLICY_VIOLATION => "policy",
             TRY_AGAIN_LATER => "slow_consumer",
             PING_TIMEOUT => "ping_timeout",
             _ => "internal",

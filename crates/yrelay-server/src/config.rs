@@ -64,6 +64,9 @@ pub struct Limits {
     pub room_inbox: usize,
     /// Deepest nesting accepted inside an update's JSON-like content. Default 64.
     pub max_nesting_depth: usize,
+    /// Awareness client IDs one connection may speak for (the official client uses one per
+    /// document). Passing it closes the connection with 1008. Default 16.
+    pub max_awareness_clients_per_conn: usize,
 }
 
 impl Default for Limits {
@@ -75,6 +78,7 @@ impl Default for Limits {
             outbound_queue_bytes: 64 << 20,
             room_inbox: 256,
             max_nesting_depth: 64,
+            max_awareness_clients_per_conn: 16,
         }
     }
 }
@@ -92,9 +96,18 @@ pub struct Timeouts {
     /// the official client's 30-second "no message received" timer never fires while the
     /// server is alive. Must stay under 30 000. Default 15 000.
     pub keepalive_interval_ms: u64,
-    /// A room with no connections stays in memory this long before it is dropped. Default
-    /// 60 000.
+    /// A room with no connections stays in memory this long before it is dropped; 0 keeps
+    /// rooms for as long as the process runs. Default 0: until persistence lands, a dropped
+    /// room's content would live only in its clients.
     pub room_idle_ms: u64,
+    /// Presence not renewed for this long is removed and the removal broadcast, as y-protocols
+    /// does (official clients renew every 15 s). Default 30 000.
+    pub awareness_timeout_ms: u64,
+    /// Longest a single write to a connection may take; a peer that stops reading is closed
+    /// after it. Also bounds the closing handshake. Default 10 000.
+    pub write_ms: u64,
+    /// Time allowed for a client to send its HTTP request headers. Default 10 000.
+    pub http_header_ms: u64,
     /// How long shutdown waits for connections to close and rooms to finish. Default 10 000.
     pub shutdown_ms: u64,
     /// Time allowed for a TLS handshake. Default 10 000.
@@ -107,7 +120,10 @@ impl Default for Timeouts {
             ping_interval_ms: 30_000,
             pong_timeout_ms: 30_000,
             keepalive_interval_ms: 15_000,
-            room_idle_ms: 60_000,
+            room_idle_ms: 0,
+            awareness_timeout_ms: 30_000,
+            write_ms: 10_000,
+            http_header_ms: 10_000,
             shutdown_ms: 10_000,
             tls_handshake_ms: 10_000,
         }
@@ -131,6 +147,14 @@ impl Timeouts {
     pub fn room_idle(&self) -> Duration {
         Duration::from_millis(self.room_idle_ms)
     }
+    /// [`Timeouts::write_ms`] as a duration.
+    pub fn write(&self) -> Duration {
+        Duration::from_millis(self.write_ms)
+    }
+    /// [`Timeouts::http_header_ms`] as a duration.
+    pub fn http_header(&self) -> Duration {
+        Duration::from_millis(self.http_header_ms)
+    }
     /// [`Timeouts::shutdown_ms`] as a duration.
     pub fn shutdown(&self) -> Duration {
         Duration::from_millis(self.shutdown_ms)
@@ -140,6 +164,9 @@ impl Timeouts {
         Duration::from_millis(self.tls_handshake_ms)
     }
 }
+
+/// The longest timeout accepted (30 days), so no timer arithmetic can overflow.
+pub const MAX_TIMEOUT_MS: u64 = 30 * 24 * 3600 * 1000;
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -191,8 +218,11 @@ impl Config {
         if l.max_room_name_bytes == 0 {
             return bad("limits.max_room_name_bytes must be at least 1");
         }
-        if l.outbound_queue_frames == 0 || l.room_inbox == 0 {
-            return bad("limits.outbound_queue_frames and limits.room_inbox must be at least 1");
+        if l.outbound_queue_frames < 2 || l.room_inbox == 0 {
+            return bad("limits.outbound_queue_frames must be at least 2 (the greeting is two frames) and limits.room_inbox at least 1");
+        }
+        if l.max_awareness_clients_per_conn == 0 {
+            return bad("limits.max_awareness_clients_per_conn must be at least 1");
         }
         if l.outbound_queue_bytes < l.max_message_bytes {
             return bad("limits.outbound_queue_bytes must be at least limits.max_message_bytes");
@@ -201,8 +231,27 @@ impl Config {
             return bad("limits.max_nesting_depth must be at least 1");
         }
         let t = &self.timeouts;
-        if t.ping_interval_ms == 0 || t.keepalive_interval_ms == 0 {
-            return bad("timeouts.ping_interval_ms and keepalive_interval_ms must be above 0");
+        for (name, value) in [
+            ("ping_interval_ms", t.ping_interval_ms),
+            ("pong_timeout_ms", t.pong_timeout_ms),
+            ("keepalive_interval_ms", t.keepalive_interval_ms),
+            ("room_idle_ms", t.room_idle_ms),
+            ("awareness_timeout_ms", t.awareness_timeout_ms),
+            ("write_ms", t.write_ms),
+            ("http_header_ms", t.http_header_ms),
+            ("shutdown_ms", t.shutdown_ms),
+            ("tls_handshake_ms", t.tls_handshake_ms),
+        ] {
+            if value > MAX_TIMEOUT_MS {
+                return Err(ConfigError::Invalid(format!(
+                    "timeouts.{name} must be at most {MAX_TIMEOUT_MS} (30 days)"
+                )));
+            }
+            if value == 0 && name != "room_idle_ms" {
+                return Err(ConfigError::Invalid(format!(
+                    "timeouts.{name} must be above 0"
+                )));
+            }
         }
         if t.keepalive_interval_ms >= 30_000 {
             return bad("timeouts.keepalive_interval_ms must be below 30000 (the official client gives up after 30 s of silence)");
@@ -257,6 +306,16 @@ mod tests {
         assert!(toml::from_str::<Config>("lisen = \"x\"").is_err());
         let mut c = Config::default();
         c.timeouts.keepalive_interval_ms = 30_000;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.timeouts.room_idle_ms = u64::MAX;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("room_idle_ms"));
+        let mut c = Config::default();
+        c.limits.outbound_queue_frames = 1;
         assert!(c.validate().is_err());
         let c = Config {
             tls_cert: Some("a.pem".into()),

@@ -26,7 +26,7 @@ use yrelay_doc::{decode_client_message, ClientMessage, ValidateLimits};
 
 use crate::close::CloseReason;
 use crate::config::Config;
-use crate::room::{ConnControl, ConnId, Registry, RoomCmd, Subscriber};
+use crate::room::{ConnControl, ConnId, JoinError, Registry, RoomCmd, Subscriber};
 
 /// A frame received from the peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,9 +115,17 @@ where
         }
         Err(err) => {
             debug!(error = %err, "join refused");
+            let reason = match err {
+                JoinError::Refused(reason) => reason,
+                JoinError::ShuttingDown => CloseReason::shutdown(),
+                JoinError::Unavailable => CloseReason::internal("room unavailable"),
+            };
             let mut sink = sink;
-            let _ = sink.send(Outgoing::Close(CloseReason::shutdown())).await;
-            let _ = sink.close().await;
+            let _ = tokio::time::timeout(ctx.config.timeouts.write(), async {
+                let _ = sink.send(Outgoing::Close(reason)).await;
+                let _ = sink.close().await;
+            })
+            .await;
         }
     }
     metrics::gauge!("yrelay_connections").decrement(1.0);
@@ -218,20 +226,20 @@ async fn write_loop<Si>(
     let ping_every = timeouts.ping_interval();
     let silence_limit = ping_every + timeouts.pong_timeout();
     let keepalive = timeouts.keepalive_interval();
+    let write_limit = timeouts.write();
     let mut ping = interval_at(Instant::now() + ping_every, ping_every);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_sent = Instant::now();
-    let reason = loop {
-        tokio::select! {
-            biased;
-            () = control.cancel.cancelled() => break control.reason(),
+    // Unbiased: under a constant stream of frames the ping branch still gets its turn.
+    loop {
+        // Only binary frames count as a message for the official client's 30 s timer.
+        let mut binary = true;
+        let io = tokio::select! {
+            () = control.cancel.cancelled() => break,
             frame = rx.recv() => {
-                let Some(frame) = frame else { break None };
-                if write_batch(&mut sink, frame, &mut rx, queued).await.is_err() {
-                    control.cancel.cancel();
-                    return;
-                }
-                last_sent = Instant::now();
+                // The room dropped this subscriber; it says why through `control`.
+                let Some(frame) = frame else { break };
+                guarded(write_batch(&mut sink, frame, &mut rx, queued), write_limit, &control.cancel).await
             }
             _ = ping.tick() => {
                 let seen = started + std::time::Duration::from_millis(last_seen.load(Ordering::Relaxed));
@@ -240,21 +248,32 @@ async fn write_loop<Si>(
                     control.close(CloseReason::ping_timeout());
                     continue;
                 }
-                if sink.send(Outgoing::Ping).await.is_err() {
-                    control.cancel.cancel();
-                    return;
-                }
+                binary = false;
+                guarded(sink.send(Outgoing::Ping), write_limit, &control.cancel).await
             }
             () = tokio::time::sleep_until(last_sent + keepalive) => {
-                if sink.send(Outgoing::Binary(Bytes::from_static(KEEPALIVE_FRAME))).await.is_err() {
-                    control.cancel.cancel();
-                    return;
-                }
-                last_sent = Instant::now();
+                let frame = Outgoing::Binary(Bytes::from_static(KEEPALIVE_FRAME));
+                guarded(sink.send(frame), write_limit, &control.cancel).await
+            }
+        };
+        match io {
+            Io::Done if binary => last_sent = Instant::now(),
+            Io::Done => {}
+            Io::Cancelled => break,
+            Io::Stalled => {
+                // The peer stopped reading: its window stayed shut for the whole write limit.
+                metrics::counter!("yrelay_slow_consumer_disconnects_total").increment(1);
+                control.close(CloseReason::slow_consumer());
+                break;
+            }
+            Io::Failed => {
+                control.cancel.cancel();
+                return;
             }
         }
-    };
-    let reason = reason.unwrap_or_else(|| {
+    }
+    // However the loop ended, the reason (if any) was recorded before anything was cancelled.
+    let reason = control.reason().unwrap_or_else(|| {
         if ctx.shutdown.is_cancelled() {
             CloseReason::shutdown()
         } else {
@@ -262,8 +281,40 @@ async fn write_loop<Si>(
         }
     });
     metrics::counter!("yrelay_connections_closed_total", "reason" => reason.label()).increment(1);
-    let _ = sink.send(Outgoing::Close(reason)).await;
-    let _ = sink.close().await;
+    // The closing handshake is bounded too: a peer that does not read gets dropped.
+    let _ = tokio::time::timeout(write_limit, async {
+        let _ = sink.send(Outgoing::Close(reason)).await;
+        let _ = sink.close().await;
+    })
+    .await;
+}
+
+/// How a guarded write ended.
+enum Io {
+    /// Written and flushed.
+    Done,
+    /// The transport failed; the connection is gone.
+    Failed,
+    /// Not finished within the write limit.
+    Stalled,
+    /// The connection was told to close meanwhile.
+    Cancelled,
+}
+
+/// Runs one write, bounded by `limit` and interrupted by `cancel`.
+async fn guarded<E>(
+    write: impl std::future::Future<Output = Result<(), E>>,
+    limit: std::time::Duration,
+    cancel: &CancellationToken,
+) -> Io {
+    tokio::select! {
+        () = cancel.cancelled() => Io::Cancelled,
+        done = tokio::time::timeout(limit, write) => match done {
+            Ok(Ok(())) => Io::Done,
+            Ok(Err(_)) => Io::Failed,
+            Err(_) => Io::Stalled,
+        },
+    }
 }
 
 /// Writes `first` and everything else already queued (up to a bound), then flushes once.
@@ -310,6 +361,12 @@ mod tests {
 
     /// Runs `serve` over channels instead of a socket.
     fn start(config: Config) -> Harness {
+        start_with_sink_limit(config, usize::MAX)
+    }
+
+    /// Like [`start`], but the sink accepts only `accept` items and then blocks forever, as a
+    /// peer that stopped reading does once the kernel buffers are full.
+    fn start_with_sink_limit(config: Config, accept: usize) -> Harness {
         let config = Arc::new(config);
         let shutdown = CancellationToken::new();
         let registry = Arc::new(Registry::new(
@@ -322,10 +379,14 @@ mod tests {
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         });
-        let sink = futures_util::sink::unfold(tx, |tx, item: Outgoing| async move {
-            tx.send(item).map_err(|_| ())?;
-            Ok::<_, ()>(tx)
-        });
+        let sink =
+            futures_util::sink::unfold((tx, 0usize), move |(tx, n), item: Outgoing| async move {
+                if n >= accept {
+                    std::future::pending::<()>().await;
+                }
+                tx.send(item).map_err(|_| ())?;
+                Ok::<_, ()>((tx, n + 1))
+            });
         let ctx = ConnContext {
             registry,
             config,
@@ -390,6 +451,31 @@ mod tests {
             "{waited:?}"
         );
         h.task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_reading_cannot_pin_its_connection() {
+        // The greeting (one frame) goes through, then every write blocks.
+        let mut h = start_with_sink_limit(Config::default(), 1);
+        assert!(matches!(next(&mut h).await, Outgoing::Binary(_)));
+        // Keepalives are due after 15 s; the blocked write stalls for `write_ms` (10 s), then
+        // the connection ends on its own (the close handshake is bounded too).
+        tokio::time::timeout(Duration::from_secs(60), h.task)
+            .await
+            .expect("connection task still running")
+            .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_interrupts_a_blocked_write() {
+        let mut h = start_with_sink_limit(Config::default(), 1);
+        assert!(matches!(next(&mut h).await, Outgoing::Binary(_)));
+        tokio::time::sleep(Duration::from_secs(16)).await; // a keepalive write is now blocked
+        h.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(11), h.task)
+            .await
+            .expect("shutdown did not end the connection")
+            .unwrap();
     }
 
     #[tokio::test(start_paused = true)]

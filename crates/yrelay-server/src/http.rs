@@ -103,6 +103,10 @@ fn upgrade(
     peer: Option<PeerAddr>,
     state: Arc<AppState>,
 ) -> warp::reply::Response {
+    if state.shutdown.is_cancelled() {
+        return warp::reply::with_status("server shutting down\n", StatusCode::SERVICE_UNAVAILABLE)
+            .into_response();
+    }
     let limits = &state.config.limits;
     let room = match room_name_from_path(path.as_str(), limits.max_room_name_bytes) {
         Ok(room) => room,
@@ -115,16 +119,16 @@ fn upgrade(
     let ws = ws
         .max_message_size(limits.max_message_bytes)
         .max_frame_size(limits.max_message_bytes);
-    let tracker = state.tracker.clone();
-    ws.on_upgrade(move |socket| {
-        tracker.track_future(async move {
-            let span = tracing::info_span!(
-                "conn",
-                room = %room,
-                peer = %peer.map(|p| p.0.to_string()).unwrap_or_default()
-            );
-            let _ = tracing::Instrument::instrument(serve_socket(room, socket, state), span).await;
-        })
+    // Held from the 101 answer on, so shutdown also waits for upgrades still completing.
+    let in_flight = state.tracker.token();
+    ws.on_upgrade(move |socket| async move {
+        let _in_flight = in_flight;
+        let span = tracing::info_span!(
+            "conn",
+            room = %room,
+            peer = %peer.map(|p| p.0.to_string()).unwrap_or_default()
+        );
+        tracing::Instrument::instrument(serve_socket(room, socket, state), span).await;
     })
     .into_response()
 }

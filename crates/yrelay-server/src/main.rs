@@ -51,7 +51,7 @@ struct ServeArgs {
     /// Largest WebSocket message accepted, in bytes [default: 33554432].
     #[arg(long, env = "YRELAY_MAX_MESSAGE_BYTES")]
     max_message_bytes: Option<usize>,
-    /// Milliseconds a room without connections stays in memory [default: 60000].
+    /// Milliseconds a room without connections stays in memory; 0 = forever [default: 0].
     #[arg(long, env = "YRELAY_ROOM_IDLE_MS")]
     room_idle_ms: Option<u64>,
     /// Log format.
@@ -105,28 +105,28 @@ fn init_tracing(format: LogFormat, filter: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+/// Installs the Ctrl-C and SIGTERM handlers now (so a signal that arrives during startup is
+/// not fatal) and returns a future that completes on either.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    Ok(async move {
+        #[cfg(unix)]
+        let term = async move {
+            term.recv().await;
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => {
+                if r.is_err() {
+                    std::future::pending::<()>().await;
+                }
             }
-            Err(_) => std::future::pending::<()>().await,
+            () = term => {}
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
+    })
 }
 
 #[tokio::main]
@@ -135,18 +135,21 @@ async fn main() -> anyhow::Result<()> {
     let Command::Serve(args) = cli.command;
     init_tracing(args.log_format, &args.log)?;
     let config = args.to_config()?;
+    let shutdown = shutdown_signal()?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
     let scheme = if config.tls_enabled() { "wss" } else { "ws" };
+    let data_dir = config.data_dir.clone();
+    let server = yrelay_server::server::Server::prepare(listener, config)?;
+    let addr = server.local_addr()?;
     // The one line on stdout: tests and scripts read the bound address from it (useful with
     // port 0). Everything else goes to the log on stderr.
     #[allow(clippy::print_stdout)]
     {
         println!("yrelay listening on {scheme}://{addr}");
     }
-    tracing::info!(%addr, scheme, data_dir = %config.data_dir.display(), "listening");
-    yrelay_server::run(listener, config, shutdown_signal()).await?;
+    tracing::info!(%addr, scheme, data_dir = %data_dir.display(), "listening");
+    server.serve(shutdown).await;
     Ok(())
 }

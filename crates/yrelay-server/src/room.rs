@@ -15,6 +15,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -81,10 +82,16 @@ impl Subscriber {
     /// Queues `frame` unless that would exceed the queue's frame or byte budget. `false` means
     /// the subscriber is too slow and must be disconnected.
     fn offer(&self, frame: &Bytes, max_bytes: usize) -> bool {
+        self.offer_within(frame, Some(max_bytes))
+    }
+
+    /// [`Subscriber::offer`] with an optional byte budget (`None`: frames count only; used for
+    /// the greeting, which must reach a new connection however large the room's presence is).
+    fn offer_within(&self, frame: &Bytes, max_bytes: Option<usize>) -> bool {
         let len = frame.len();
         let before = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
         // A single frame larger than the budget is still allowed into an empty queue.
-        if before > 0 && before + len > max_bytes {
+        if max_bytes.is_some_and(|max| before > 0 && before + len > max) {
             self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
             return false;
         }
@@ -106,8 +113,8 @@ pub enum RoomCmd {
     Join {
         /// The new subscriber.
         sub: Subscriber,
-        /// Answered once the subscriber is registered.
-        ack: oneshot::Sender<()>,
+        /// Answered once the subscriber is registered, or with why it was not.
+        ack: oneshot::Sender<Result<(), CloseReason>>,
     },
     /// A decoded, validated message from a connection, with the frame it arrived in.
     Message {
@@ -134,6 +141,9 @@ pub enum JoinError {
     /// The room task kept disappearing (should not happen).
     #[error("room unavailable")]
     Unavailable,
+    /// The room refused the connection.
+    #[error("refused: {}", .0.reason)]
+    Refused(CloseReason),
 }
 
 /// A joined room: where to send the connection's messages.
@@ -209,8 +219,12 @@ impl Registry {
                 sub: sub.clone(),
                 ack,
             };
-            if tx.send(cmd).await.is_ok() && acked.await.is_ok() {
-                return Ok(RoomHandle { tx });
+            if tx.send(cmd).await.is_ok() {
+                match acked.await {
+                    Ok(Ok(())) => return Ok(RoomHandle { tx }),
+                    Ok(Err(reason)) => return Err(JoinError::Refused(reason)),
+                    Err(_) => {}
+                }
             }
             // The task ended between lookup and join; it removed itself, so retry.
             tokio::task::yield_now().await;
@@ -265,7 +279,7 @@ impl Registry {
 
 struct SubState {
     sub: Subscriber,
-    /// Awareness client IDs this connection introduced; removed when it leaves.
+    /// Awareness client IDs this connection introduced or renewed; removed when it leaves.
     controlled: HashSet<u64>,
 }
 
@@ -283,9 +297,15 @@ impl RoomTask {
         debug!("room loaded");
         let idle = self.config.timeouts.room_idle();
         let shutdown = self.registry.shutdown.clone();
+        let awareness_timeout = self.config.timeouts.awareness_timeout_ms;
+        // y-protocols checks every tenth of the timeout.
+        let mut sweep =
+            tokio::time::interval(Duration::from_millis((awareness_timeout / 10).max(100)));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut idle_since = Some(Instant::now());
         loop {
-            let deadline = idle_since.map(|t| t + idle);
+            // `room_idle_ms = 0` keeps rooms in memory for as long as the process runs.
+            let deadline = idle_since.filter(|_| !idle.is_zero()).map(|t| t + idle);
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => self.handle(cmd),
@@ -296,6 +316,7 @@ impl RoomTask {
                         break;
                     }
                 },
+                _ = sweep.tick(), if self.doc.awareness_len() > 0 => self.expire_awareness(awareness_timeout),
                 () = shutdown.cancelled(), if self.subs.is_empty() => {
                     self.registry.try_evict(&self.name, self.generation, &rx);
                     break;
@@ -322,15 +343,16 @@ impl RoomTask {
         }
     }
 
-    fn join(&mut self, sub: Subscriber, ack: oneshot::Sender<()>) {
-        let max = self.config.limits.outbound_queue_bytes;
-        // As the reference server does: our state vector first, then who is present.
-        let mut ok = sub.offer(&codec::encode_sync_step1(&self.doc.state_vector()), max);
+    fn join(&mut self, sub: Subscriber, ack: oneshot::Sender<Result<(), CloseReason>>) {
+        // As the reference server does: our state vector first, then who is present. The
+        // greeting ignores the byte budget (presence may be large); only a queue shorter than
+        // two frames could refuse it, and `Config::validate` rules that out.
+        let mut ok = sub.offer_within(&codec::encode_sync_step1(&self.doc.state_vector()), None);
         if let Some(states) = self.doc.awareness_states() {
-            ok &= sub.offer(&codec::encode_awareness(&states), max);
+            ok &= sub.offer_within(&codec::encode_awareness(&states), None);
         }
         if !ok {
-            sub.control.close(CloseReason::slow_consumer());
+            let _ = ack.send(Err(CloseReason::slow_consumer()));
             return;
         }
         let id = sub.id;
@@ -341,16 +363,16 @@ impl RoomTask {
                 controlled: HashSet::new(),
             },
         );
-        if ack.send(()).is_err() {
+        if ack.send(Ok(())).is_err() {
             // The connection gave up while waiting.
             self.subs.remove(&id);
         }
     }
 
     fn message(&mut self, conn: ConnId, frame: Bytes, msg: ClientMessage) {
-        let Some(state) = self.subs.get(&conn) else {
+        if !self.subs.contains_key(&conn) {
             return; // already disconnected (e.g. as a slow consumer)
-        };
+        }
         match msg {
             ClientMessage::SyncStep1(sv) => {
                 let reply = codec::encode_sync_step2(&self.doc.diff(&sv));
@@ -358,40 +380,31 @@ impl RoomTask {
             }
             ClientMessage::SyncStep2(update) | ClientMessage::Update(update) => {
                 let started = Instant::now();
-                match self.doc.apply_update(&update) {
-                    Ok(Some(emitted)) => {
-                        metrics::histogram!("yrelay_update_apply_seconds")
-                            .record(started.elapsed().as_secs_f64());
-                        let out = broadcast_frame(&frame, &emitted);
-                        self.broadcast(out);
-                    }
-                    Ok(None) => {}
-                    Err(err) => {
-                        warn!(conn, error = %err, "update refused");
-                        metrics::counter!("yrelay_updates_refused_total").increment(1);
-                        state.sub.control.close(CloseReason::refused(&err));
-                        self.remove_sub(conn);
-                    }
+                let applied = self.doc.apply_update(&update, conn);
+                metrics::histogram!("yrelay_update_apply_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                // Broadcast everything the document took in, even when something was refused
+                // after part of it was integrated.
+                match applied.emitted.as_slice() {
+                    [] => {}
+                    [single] => self.broadcast(broadcast_frame(&frame, single)),
+                    // A cascade (held-back updates unblocked): one message if the parts merge.
+                    parts => match yrs::merge_updates_v1(parts) {
+                        Ok(merged) => self.broadcast(codec::encode_sync_update(&merged)),
+                        Err(_) => {
+                            for part in parts {
+                                self.broadcast(codec::encode_sync_update(part));
+                            }
+                        }
+                    },
+                }
+                for (origin, err) in applied.refused {
+                    warn!(conn = origin, error = %err, "update refused");
+                    metrics::counter!("yrelay_updates_refused_total").increment(1);
+                    self.close_sub(origin, CloseReason::refused(&err));
                 }
             }
-            ClientMessage::Awareness(update) => match self.doc.apply_awareness(&update) {
-                Ok(change) => {
-                    if let Some(state) = self.subs.get_mut(&conn) {
-                        state.controlled.extend(&change.added);
-                        for id in &change.removed {
-                            state.controlled.remove(id);
-                        }
-                    }
-                    if let Some(b) = change.broadcast {
-                        self.broadcast(codec::encode_awareness(&b));
-                    }
-                }
-                Err(err) => {
-                    warn!(conn, error = %err, "awareness update refused");
-                    state.sub.control.close(CloseReason::refused(&err));
-                    self.remove_sub(conn);
-                }
-            },
+            ClientMessage::Awareness(update) => self.awareness(conn, &update),
             ClientMessage::QueryAwareness => {
                 if let Some(states) = self.doc.awareness_states() {
                     self.send_to(conn, codec::encode_awareness(&states));
@@ -402,17 +415,85 @@ impl RoomTask {
         }
     }
 
+    fn awareness(&mut self, conn: ConnId, update: &yrelay_doc::AwarenessUpdateV1) {
+        let cap = self.config.limits.max_awareness_clients_per_conn;
+        let Some(state) = self.subs.get(&conn) else {
+            return;
+        };
+        let ids = update.client_ids();
+        let new = ids
+            .iter()
+            .filter(|id| !state.controlled.contains(id))
+            .count();
+        if state.controlled.len() + new > cap {
+            metrics::counter!("yrelay_protocol_errors_total", "reason" => "awareness_clients")
+                .increment(1);
+            self.close_sub(conn, CloseReason::too_many_awareness_clients(cap));
+            return;
+        }
+        match self.doc.apply_awareness(update) {
+            Ok(change) => {
+                if let Some(state) = self.subs.get_mut(&conn) {
+                    // `updated` too: a client that reconnects keeps its ID, and yrs reports a
+                    // returning ID as updated, not added.
+                    state
+                        .controlled
+                        .extend(change.added.iter().chain(&change.updated));
+                    for id in &change.removed {
+                        state.controlled.remove(id);
+                    }
+                }
+                if let Some(b) = change.broadcast {
+                    self.broadcast(codec::encode_awareness(&b));
+                }
+            }
+            Err(err) => {
+                warn!(conn, error = %err, "awareness update refused");
+                self.close_sub(conn, CloseReason::refused(&err));
+            }
+        }
+    }
+
+    /// Removes presence that was not renewed within `timeout_ms`, as y-protocols does.
+    fn expire_awareness(&mut self, timeout_ms: u64) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let outdated = self.doc.outdated_awareness(now, timeout_ms);
+        if outdated.is_empty() {
+            return;
+        }
+        for state in self.subs.values_mut() {
+            for id in &outdated {
+                state.controlled.remove(id);
+            }
+        }
+        if let Some(removal) = self.doc.remove_awareness(&outdated) {
+            self.broadcast(codec::encode_awareness(&removal));
+        }
+    }
+
     fn leave(&mut self, conn: ConnId) {
         self.remove_sub(conn);
     }
 
-    /// Drops a subscriber and broadcasts the removal of the awareness states it controlled.
+    /// Tells a connection to close and drops it from the room.
+    fn close_sub(&mut self, conn: ConnId, reason: CloseReason) {
+        if let Some(state) = self.subs.get(&conn) {
+            state.sub.control.close(reason);
+        }
+        self.remove_sub(conn);
+    }
+
+    /// Drops a subscriber, forgets what it had held back, and broadcasts the removal of the
+    /// awareness states it controlled.
     fn remove_sub(&mut self, conn: ConnId) {
         let mut pending = vec![conn];
         while let Some(conn) = pending.pop() {
             let Some(state) = self.subs.remove(&conn) else {
                 continue;
             };
+            self.doc.drop_pending_from(conn);
             let ids: Vec<u64> = state.controlled.into_iter().collect();
             if let Some(removal) = self.doc.remove_awareness(&ids) {
                 let frame = codec::encode_awareness(&removal);
@@ -428,43 +509,40 @@ impl RoomTask {
             None => false,
         };
         if slow {
-            self.disconnect_slow(vec![conn]);
+            self.mark_slow(conn);
+            self.remove_sub(conn);
         }
     }
 
     fn broadcast(&mut self, frame: Bytes) {
-        let slow = self.offer_all(&frame);
-        if !slow.is_empty() {
-            self.disconnect_slow(slow);
+        for conn in self.offer_all(&frame) {
+            self.remove_sub(conn);
         }
     }
 
-    /// Offers `frame` to every subscriber; returns the ones that were too slow (already
-    /// told to close).
+    /// Offers `frame` to every subscriber; returns the ones that were too slow (already told
+    /// to close, not yet removed).
     fn offer_all(&self, frame: &Bytes) -> Vec<ConnId> {
         let max = self.config.limits.outbound_queue_bytes;
-        let mut slow = Vec::new();
-        for (id, state) in &self.subs {
-            if !state.sub.offer(frame, max) {
-                slow.push(*id);
-            }
-        }
+        let slow: Vec<ConnId> = self
+            .subs
+            .iter()
+            .filter(|(_, state)| !state.sub.control.cancel.is_cancelled())
+            .filter(|(_, state)| !state.sub.offer(frame, max))
+            .map(|(id, _)| *id)
+            .collect();
         for id in &slow {
-            if let Some(state) = self.subs.get(id) {
-                warn!(conn = id, "slow consumer disconnected");
-                metrics::counter!("yrelay_slow_consumer_disconnects_total").increment(1);
-                state.sub.control.close(CloseReason::slow_consumer());
-            }
+            self.mark_slow(*id);
         }
         slow
     }
 
-    fn disconnect_slow(&mut self, conns: Vec<ConnId>) {
-        for conn in conns {
-            if let Some(state) = self.subs.get(&conn) {
-                state.sub.control.close(CloseReason::slow_consumer());
-            }
-            self.remove_sub(conn);
+    /// Closes a subscriber whose queue overflowed (the one place that counts it).
+    fn mark_slow(&self, conn: ConnId) {
+        if let Some(state) = self.subs.get(&conn) {
+            warn!(conn, "slow consumer disconnected");
+            metrics::counter!("yrelay_slow_consumer_disconnects_total").increment(1);
+            state.sub.control.close(CloseReason::slow_consumer());
         }
     }
 }

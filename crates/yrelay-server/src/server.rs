@@ -60,93 +60,136 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    config.validate()?;
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
-        path: config.data_dir.clone(),
-        source,
-    })?;
-    let acceptor = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
-        _ => None,
-    };
-    let config = Arc::new(config);
-    let token = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let registry = Arc::new(Registry::new(
-        Arc::clone(&config),
-        tracker.clone(),
-        token.clone(),
-    ));
-    let state = Arc::new(AppState {
-        config: Arc::clone(&config),
-        registry,
-        tracker: tracker.clone(),
-        shutdown: token.clone(),
-    });
-    let service = warp::service(routes(Arc::clone(&state)));
+    Server::prepare(listener, config)?.serve(shutdown).await;
+    Ok(())
+}
 
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(err) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(error = %err, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+/// A server whose configuration, data directory and TLS files have been checked, ready to
+/// serve. [`run`] is `prepare` then `serve`; the binary calls them apart so that it announces
+/// its address only once startup can no longer fail.
+pub struct Server {
+    listener: TcpListener,
+    config: Arc<Config>,
+    acceptor: Option<TlsAcceptor>,
+}
+
+impl Server {
+    /// Checks everything that can fail at startup.
+    pub fn prepare(listener: TcpListener, config: Config) -> Result<Self, ServerError> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let acceptor = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+            _ => None,
         };
-        if let Err(err) = tcp.set_nodelay(true) {
-            debug!(error = %err, "set_nodelay failed");
-        }
-        let svc = service
-            .clone()
-            .map_request(move |mut req: http::Request<HyperBody>| {
-                req.extensions_mut().insert(PeerAddr(peer));
-                req
-            });
-        let token = token.clone();
-        let acceptor = acceptor.clone();
-        let handshake = config.timeouts.tls_handshake();
-        tracker.spawn(async move {
-            match acceptor {
-                None => serve_http(tcp, svc, token).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => serve_http(tls, svc, token).await,
-                        Ok(Err(err)) => debug!(%peer, error = %err, "TLS handshake failed"),
-                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+        Ok(Self {
+            listener,
+            config: Arc::new(config),
+            acceptor,
+        })
+    }
+
+    /// The address being listened on.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then shuts down in order.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let Self {
+            listener,
+            config,
+            acceptor,
+        } = self;
+        let token = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let registry = Arc::new(Registry::new(
+            Arc::clone(&config),
+            tracker.clone(),
+            token.clone(),
+        ));
+        let state = Arc::new(AppState {
+            config: Arc::clone(&config),
+            registry,
+            tracker: tracker.clone(),
+            shutdown: token.clone(),
+        });
+        let service = warp::service(routes(Arc::clone(&state)));
+
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(err) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        warn!(error = %err, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            if let Err(err) = tcp.set_nodelay(true) {
+                debug!(error = %err, "set_nodelay failed");
+            }
+            let svc = service
+                .clone()
+                .map_request(move |mut req: http::Request<HyperBody>| {
+                    req.extensions_mut().insert(PeerAddr(peer));
+                    req
+                });
+            let token = token.clone();
+            let acceptor = acceptor.clone();
+            let handshake = config.timeouts.tls_handshake();
+            let header_timeout = config.timeouts.http_header();
+            tracker.spawn(async move {
+                match acceptor {
+                    None => serve_http(tcp, svc, token, header_timeout).await,
+                    Some(acceptor) => {
+                        let tls = tokio::select! {
+                            () = token.cancelled() => return,
+                            tls = tokio::time::timeout(handshake, acceptor.accept(tcp)) => tls,
+                        };
+                        match tls {
+                            Ok(Ok(tls)) => serve_http(tls, svc, token, header_timeout).await,
+                            Ok(Err(err)) => debug!(%peer, error = %err, "TLS handshake failed"),
+                            Err(_) => debug!(%peer, "TLS handshake timed out"),
+                        }
                     }
                 }
-            }
-        });
-    }
+            });
+        }
 
-    info!("shutting down");
-    drop(listener);
-    token.cancel();
-    tracker.close();
-    if tokio::time::timeout(config.timeouts.shutdown(), tracker.wait())
-        .await
-        .is_err()
-    {
-        warn!(
-            remaining = tracker.len(),
-            "shutdown timeout passed with tasks still running"
-        );
+        info!("shutting down");
+        drop(listener);
+        token.cancel();
+        tracker.close();
+        if tokio::time::timeout(config.timeouts.shutdown(), tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                remaining = tracker.len(),
+                "shutdown timeout passed with tasks still running"
+            );
+        }
+        info!("stopped");
     }
-    info!("stopped");
-    Ok(())
 }
 
 /// TLS acceptor type re-exported for tests that build their own.
 pub type Acceptor = TlsAcceptor;
 
-async fn serve_http<I, S>(io: I, svc: S, token: CancellationToken)
-where
+async fn serve_http<I, S>(
+    io: I,
+    svc: S,
+    token: CancellationToken,
+    header_timeout: std::time::Duration,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: tower::Service<
             http::Request<HyperBody>,
@@ -157,7 +200,10 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    // hyper only enforces a header read timeout when it has a timer.
     let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(io), TowerToHyperService::new(svc))
         .with_upgrades();
     tokio::pin!(conn);

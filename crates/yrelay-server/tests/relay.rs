@@ -331,3 +331,140 @@ async fn idle_room_is_evicted_and_a_new_join_starts_fresh() {
         tokio::time::sleep(Duration::from_millis(if i % 2 == 0 { 5 } else { 150 })).await;
     }
 }
+
+#[tokio::test]
+async fn a_reconnected_client_id_is_removed_again_when_it_leaves() {
+    let server = TestServer::start().await;
+    let url = server.url("ghost");
+    let mut observer = Client::join(&url).await;
+    for (clock, removed_clock) in [(1, 2), (3, 4)] {
+        // The same client ID (an official client keeps its doc across reconnects).
+        let mut a = Client::join(&url).await;
+        a.send(encode_awareness(&awareness_update(
+            11,
+            clock,
+            r#"{"u":"ann"}"#,
+        )))
+        .await;
+        assert!(matches!(observer.recv().await, Msg::Awareness(_)));
+        a.ws.close(None).await.unwrap();
+        match observer.recv().await {
+            Msg::Awareness(u) => {
+                assert_eq!(
+                    awareness_entries(&u),
+                    vec![(11, removed_clock, "null".into())]
+                )
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // A newcomer sees nobody.
+    let mut late = Client::connect(&url).await;
+    assert!(matches!(late.recv().await, Msg::SyncStep1(_)));
+    late.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn one_connection_cannot_speak_for_too_many_awareness_clients() {
+    let server = TestServer::start_with(|c| c.limits.max_awareness_clients_per_conn = 2).await;
+    let url = server.url("cap");
+    let mut observer = Client::join(&url).await;
+    let mut greedy = Client::join(&url).await;
+    greedy
+        .send(encode_awareness(&awareness_update(1, 1, "{}")))
+        .await;
+    greedy
+        .send(encode_awareness(&awareness_update(2, 1, "{}")))
+        .await;
+    greedy
+        .send(encode_awareness(&awareness_update(3, 1, "{}")))
+        .await;
+    let (code, reason) = greedy.expect_close().await;
+    assert_eq!(code, 1008, "{reason}");
+    // The observer saw 1 and 2 arrive, never 3, then both removed.
+    let mut present = std::collections::BTreeSet::new();
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 2 || !present.is_empty() {
+        match observer.recv().await {
+            Msg::Awareness(u) => {
+                for (id, _, state) in awareness_entries(&u) {
+                    assert_ne!(id, 3, "client 3 was applied");
+                    seen.insert(id);
+                    if state == "null" {
+                        present.remove(&id);
+                    } else {
+                        present.insert(id);
+                    }
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn large_presence_does_not_lock_newcomers_out() {
+    let server = TestServer::start_with(|c| {
+        c.limits.max_message_bytes = 64 * 1024;
+        c.limits.outbound_queue_bytes = 64 * 1024;
+    })
+    .await;
+    let url = server.url("big-presence");
+    let mut holders = Vec::new();
+    for id in 1..=3u64 {
+        let mut c = Client::join(&url).await;
+        let state = format!(r#"{{"blob":"{}"}}"#, "x".repeat(30_000));
+        c.send(encode_awareness(&awareness_update(id, 1, &state)))
+            .await;
+        holders.push(c);
+    }
+    // Make sure all three states are in the room.
+    let mut first = Client::join(&url).await;
+    first.send(encode_query_awareness()).await;
+    loop {
+        if let Msg::Awareness(u) = first.recv().await {
+            if awareness_entries(&u).len() == 3 {
+                break;
+            }
+        }
+    }
+    // ~90 KB of presence is more than the 64 KiB queue budget: the greeting still arrives.
+    let mut late = Client::connect(&url).await;
+    assert!(matches!(late.recv().await, Msg::SyncStep1(_)));
+    match late.recv().await {
+        Msg::Awareness(u) => assert_eq!(awareness_entries(&u).len(), 3),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn presence_that_is_not_renewed_expires() {
+    let server = TestServer::start_with(|c| c.timeouts.awareness_timeout_ms = 300).await;
+    let url = server.url("expire");
+    let mut a = Client::join(&url).await;
+    let mut b = Client::join(&url).await;
+    a.send(encode_awareness(&awareness_update(21, 1, "{}")))
+        .await;
+    assert!(matches!(b.recv().await, Msg::Awareness(_)));
+    // A stays connected but never renews: after ~300 ms everyone hears of the removal.
+    match b.recv().await {
+        Msg::Awareness(u) => assert_eq!(awareness_entries(&u), vec![(21, 2, "null".into())]),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_request_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_with(|c| c.timeouts.http_header_ms = 200).await;
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(_))),
+        "the server kept a half-sent request open (or reset it): {read:?}"
+    );
+}
