@@ -335,15 +335,19 @@ pub fn encode_query_awareness() -> Bytes {
     Bytes::from(Message::AwarenessQuery.encode_v1())
 }
 
-/// Re-frames an accepted update for broadcast, reusing the incoming frame when it already is
-/// exactly that `sync / Update` message.
+/// Frames an accepted update for broadcast, once, into a buffer every receiver shares.
+///
+/// When the incoming frame already is exactly that `sync / Update` message its bytes are
+/// copied as they are. They are copied rather than shared: the incoming frame is a slice of the
+/// transport's read buffer, and a small frame waiting in outbound queues would keep that whole
+/// buffer alive.
 pub fn broadcast_frame(incoming_frame: &Bytes, emitted_update: &[u8]) -> Bytes {
     let expected_len = 2 + var_len(emitted_update.len() as u64) + emitted_update.len();
     if incoming_frame.len() == expected_len
         && incoming_frame.starts_with(&[MSG_SYNC, MSG_SYNC_UPDATE])
         && incoming_frame.ends_with(emitted_update)
     {
-        incoming_frame.clone()
+        Bytes::copy_from_slice(incoming_frame)
     } else {
         encode_sync_update(emitted_update)
     }
@@ -418,11 +422,16 @@ mod tests {
     }
 
     #[test]
-    fn broadcast_frame_reuses_identical_update_frames() {
+    fn broadcast_frame_is_detached_and_byte_identical() {
         let update = real_update("abc");
         let incoming = encode_sync_update(&update);
         let out = broadcast_frame(&incoming, &update);
-        assert_eq!(out.as_ptr(), incoming.as_ptr(), "expected the same buffer");
+        assert_eq!(out, incoming);
+        assert_ne!(
+            out.as_ptr(),
+            incoming.as_ptr(),
+            "must not pin the incoming buffer"
+        );
         let step2 = encode_sync_step2(&update);
         let out = broadcast_frame(&step2, &update);
         assert_eq!(out, encode_sync_update(&update));

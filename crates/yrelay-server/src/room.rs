@@ -120,7 +120,7 @@ pub enum RoomCmd {
     Message {
         /// Sender.
         conn: ConnId,
-        /// The whole frame (reused for broadcast when possible).
+        /// The whole frame (copied for broadcast when identical to what the room emits).
         frame: Bytes,
         /// The decoded message.
         msg: ClientMessage,
