@@ -62,6 +62,9 @@ pub struct Limits {
     /// Messages that may wait for a room task; readers wait (TCP backpressure) when it is
     /// full. Default 256.
     pub room_inbox: usize,
+    /// Bytes of messages that may wait for a room task (same backpressure). Default 64 MiB;
+    /// at least `max_message_bytes`, at most 4 GiB.
+    pub room_inbox_bytes: usize,
     /// Deepest nesting accepted inside an update's JSON-like content. Default 64.
     pub max_nesting_depth: usize,
     /// Awareness client IDs one connection may speak for (the official client uses one per
@@ -77,6 +80,7 @@ impl Default for Limits {
             outbound_queue_frames: 1024,
             outbound_queue_bytes: 64 << 20,
             room_inbox: 256,
+            room_inbox_bytes: 64 << 20,
             max_nesting_depth: 64,
             max_awareness_clients_per_conn: 16,
         }
@@ -220,6 +224,9 @@ impl Config {
         }
         if l.outbound_queue_frames < 2 || l.room_inbox == 0 {
             return bad("limits.outbound_queue_frames must be at least 2 (the greeting is two frames) and limits.room_inbox at least 1");
+        }
+        if l.room_inbox_bytes < l.max_message_bytes || u32::try_from(l.room_inbox_bytes).is_err() {
+            return bad("limits.room_inbox_bytes must be at least limits.max_message_bytes and at most 4294967295");
         }
         if l.max_awareness_clients_per_conn == 0 {
             return bad("limits.max_awareness_clients_per_conn must be at least 1");

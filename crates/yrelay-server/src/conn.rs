@@ -195,14 +195,9 @@ async fn read_loop<St>(
         if matches!(msg, ClientMessage::Auth) {
             continue;
         }
-        let cmd = RoomCmd::Message {
-            conn: id,
-            frame,
-            msg,
-        };
         let sent = tokio::select! {
             () = control.cancel.cancelled() => return,
-            sent = room.send(cmd) => sent,
+            sent = room.send_message(id, frame, msg) => sent,
         };
         if !sent {
             control.close(CloseReason::internal("room stopped"));

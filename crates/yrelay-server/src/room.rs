@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -124,6 +124,9 @@ pub enum RoomCmd {
         frame: Bytes,
         /// The decoded message.
         msg: ClientMessage,
+        /// This frame's share of the inbox byte budget, returned when the room drops the
+        /// command.
+        _permit: OwnedSemaphorePermit,
     },
     /// A connection is gone.
     Leave {
@@ -150,6 +153,8 @@ pub enum JoinError {
 #[derive(Debug, Clone)]
 pub struct RoomHandle {
     tx: mpsc::Sender<RoomCmd>,
+    inbox_bytes: Arc<Semaphore>,
+    inbox_budget: u32,
 }
 
 impl RoomHandle {
@@ -157,11 +162,36 @@ impl RoomHandle {
     pub async fn send(&self, cmd: RoomCmd) -> bool {
         self.tx.send(cmd).await.is_ok()
     }
+
+    /// Sends a client message, first waiting until the room's inbox has room for its bytes
+    /// (`limits.room_inbox_bytes`), so queued frames are bounded in bytes as well as in count.
+    /// `false` if the room is gone.
+    pub async fn send_message(&self, conn: ConnId, frame: Bytes, msg: ClientMessage) -> bool {
+        // A frame larger than the whole budget (only if misconfigured) takes all of it.
+        let want = u32::try_from(frame.len())
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.inbox_bytes_budget());
+        let Ok(permit) = Arc::clone(&self.inbox_bytes).acquire_many_owned(want).await else {
+            return false;
+        };
+        self.send(RoomCmd::Message {
+            conn,
+            frame,
+            msg,
+            _permit: permit,
+        })
+        .await
+    }
+
+    fn inbox_bytes_budget(&self) -> u32 {
+        self.inbox_budget
+    }
 }
 
 struct RoomEntry {
     generation: u64,
     tx: mpsc::Sender<RoomCmd>,
+    inbox_bytes: Arc<Semaphore>,
 }
 
 /// The map from room name to room task.
@@ -213,7 +243,7 @@ impl Registry {
             if self.shutdown.is_cancelled() {
                 return Err(JoinError::ShuttingDown);
             }
-            let tx = self.get_or_start(room);
+            let (tx, inbox_bytes) = self.get_or_start(room);
             let (ack, acked) = oneshot::channel();
             let cmd = RoomCmd::Join {
                 sub: sub.clone(),
@@ -221,7 +251,13 @@ impl Registry {
             };
             if tx.send(cmd).await.is_ok() {
                 match acked.await {
-                    Ok(Ok(())) => return Ok(RoomHandle { tx }),
+                    Ok(Ok(())) => {
+                        return Ok(RoomHandle {
+                            tx,
+                            inbox_bytes,
+                            inbox_budget: self.inbox_budget(),
+                        })
+                    }
                     Ok(Err(reason)) => return Err(JoinError::Refused(reason)),
                     Err(_) => {}
                 }
@@ -232,13 +268,18 @@ impl Registry {
         Err(JoinError::Unavailable)
     }
 
-    fn get_or_start(self: &Arc<Self>, room: &str) -> mpsc::Sender<RoomCmd> {
+    fn inbox_budget(&self) -> u32 {
+        u32::try_from(self.config.limits.room_inbox_bytes).unwrap_or(u32::MAX)
+    }
+
+    fn get_or_start(self: &Arc<Self>, room: &str) -> (mpsc::Sender<RoomCmd>, Arc<Semaphore>) {
         let mut rooms = self.lock();
         if let Some(entry) = rooms.get(room) {
             if !entry.tx.is_closed() {
-                return entry.tx.clone();
+                return (entry.tx.clone(), Arc::clone(&entry.inbox_bytes));
             }
         }
+        let inbox_bytes = Arc::new(Semaphore::new(self.inbox_budget() as usize));
         let name: Arc<str> = Arc::from(room);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.config.limits.room_inbox);
@@ -247,6 +288,7 @@ impl Registry {
             RoomEntry {
                 generation,
                 tx: tx.clone(),
+                inbox_bytes: Arc::clone(&inbox_bytes),
             },
         );
         metrics::gauge!("yrelay_rooms_loaded").set(rooms.len() as f64);
@@ -260,7 +302,7 @@ impl Registry {
         };
         let span = info_span!("room", room = %name);
         self.tracker.spawn(task.run(rx).instrument(span));
-        tx
+        (tx, inbox_bytes)
     }
 
     /// Removes the entry for `name` if it still belongs to `generation` and `rx` holds nothing.
@@ -338,7 +380,10 @@ impl RoomTask {
     fn handle(&mut self, cmd: RoomCmd) {
         match cmd {
             RoomCmd::Join { sub, ack } => self.join(sub, ack),
-            RoomCmd::Message { conn, frame, msg } => self.message(conn, frame, msg),
+            // The permit is released once the message has been handled.
+            RoomCmd::Message {
+                conn, frame, msg, ..
+            } => self.message(conn, frame, msg),
             RoomCmd::Leave { conn } => self.leave(conn),
         }
     }

@@ -468,3 +468,35 @@ async fn a_client_that_never_finishes_its_request_is_disconnected() {
         "the server kept a half-sent request open (or reset it): {read:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tight_inbox_byte_budget_slows_senders_without_losing_anything() {
+    // Room inbox of 16 KiB: at most one 10 KB update waits for the room at a time.
+    let server = TestServer::start_with(|c| {
+        c.limits.max_message_bytes = 16 * 1024;
+        c.limits.room_inbox_bytes = 16 * 1024;
+    })
+    .await;
+    let url = server.url("inbox");
+    let (mut a, mut b) = (Client::join(&url).await, Client::join(&url).await);
+    let (mut sink, _) =
+        futures_util::StreamExt::split(tokio_tungstenite::connect_async(&url).await.unwrap().0);
+    let updates: Vec<Vec<u8>> = (0..200u64)
+        .map(|i| text_update(3000 + i, &"z".repeat(10_000)))
+        .collect();
+    let to_send = updates.clone();
+    let sender = tokio::spawn(async move {
+        for u in to_send {
+            sink.send(Message::Binary(encode_sync_update(&u)))
+                .await
+                .unwrap();
+        }
+        sink
+    });
+    for c in [&mut a, &mut b] {
+        for (i, u) in updates.iter().enumerate() {
+            assert_eq!(c.recv().await, Msg::Update(u.clone()), "update {i}");
+        }
+    }
+    drop(sender.await.unwrap());
+}
