@@ -12,12 +12,15 @@
 //!   decoding of client frames into validated payloads, and encoding of server frames.
 //! - [`room`]: [`RoomDoc`], the CRDT state of one room (a `yrs` `Doc` plus its `Awareness`),
 //!   which only merges — it never transforms operations.
+//! - [`restore`]: the update that makes the current document equal an old version, so live
+//!   clients converge to it as an ordinary edit.
 //!
 //! Validated payload types ([`codec::UpdateV1`], [`codec::StateVectorV1`],
 //! [`codec::AwarenessUpdateV1`]) can only be built by validation, so every byte string that
 //! reaches `yrs` through this crate has been checked first.
 
 pub mod codec;
+pub mod restore;
 pub mod room;
 pub mod validate;
 
