@@ -29,6 +29,8 @@ pub struct Config {
     pub limits: Limits,
     /// Timers.
     pub timeouts: Timeouts,
+    /// Durability, compaction and versions.
+    pub persistence: Persistence,
 }
 
 impl Default for Config {
@@ -40,6 +42,7 @@ impl Default for Config {
             tls_key: None,
             limits: Limits::default(),
             timeouts: Timeouts::default(),
+            persistence: Persistence::default(),
         }
     }
 }
@@ -87,6 +90,49 @@ impl Default for Limits {
     }
 }
 
+/// When an accepted update becomes durable relative to when others see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Group commit: updates are written and flushed (fsync) **before** anyone is sent them;
+    /// whatever arrives during one flush goes into the next. An update any client has seen
+    /// survives a crash. The default.
+    Fsync,
+    /// Broadcast first, flush within `flush_interval_ms`: lower latency, and a crash loses at
+    /// most that interval of edits (which the editing clients still hold and resend when they
+    /// reconnect).
+    Batched,
+}
+
+/// Durability, compaction and versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Persistence {
+    /// `fsync` (default) or `batched`.
+    pub durability: Durability,
+    /// `batched` mode: longest time between an update and its flush. Default 100.
+    pub flush_interval_ms: u64,
+    /// Compact a room's log once it holds this many updates since the snapshot. Default 1000.
+    pub compact_after_updates: u64,
+    /// ... or this many bytes. Default 8 MiB.
+    pub compact_after_bytes: u64,
+    /// Take an automatic version of a changed room this often; 0 turns them off. Default
+    /// 600 000 (10 minutes).
+    pub version_interval_ms: u64,
+}
+
+impl Default for Persistence {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Fsync,
+            flush_interval_ms: 100,
+            compact_after_updates: 1000,
+            compact_after_bytes: 8 << 20,
+            version_interval_ms: 600_000,
+        }
+    }
+}
+
 /// Timers, in milliseconds (TOML keys end in `_ms`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -100,9 +146,8 @@ pub struct Timeouts {
     /// the official client's 30-second "no message received" timer never fires while the
     /// server is alive. Must stay under 30 000. Default 15 000.
     pub keepalive_interval_ms: u64,
-    /// A room with no connections stays in memory this long before it is dropped; 0 keeps
-    /// rooms for as long as the process runs. Default 0: until persistence lands, a dropped
-    /// room's content would live only in its clients.
+    /// A room with no connections is flushed and dropped from memory after this long; 0
+    /// keeps rooms for as long as the process runs. Default 60 000.
     pub room_idle_ms: u64,
     /// Presence not renewed for this long is removed and the removal broadcast, as y-protocols
     /// does (official clients renew every 15 s). Default 30 000.
@@ -124,7 +169,7 @@ impl Default for Timeouts {
             ping_interval_ms: 30_000,
             pong_timeout_ms: 30_000,
             keepalive_interval_ms: 15_000,
-            room_idle_ms: 0,
+            room_idle_ms: 60_000,
             awareness_timeout_ms: 30_000,
             write_ms: 10_000,
             http_header_ms: 10_000,
@@ -236,6 +281,18 @@ impl Config {
         }
         if l.max_nesting_depth == 0 {
             return bad("limits.max_nesting_depth must be at least 1");
+        }
+        let p = &self.persistence;
+        if p.flush_interval_ms == 0 || p.flush_interval_ms > 60_000 {
+            return bad("persistence.flush_interval_ms must be between 1 and 60000");
+        }
+        if p.compact_after_updates == 0 || p.compact_after_bytes == 0 {
+            return bad(
+                "persistence.compact_after_updates and compact_after_bytes must be above 0",
+            );
+        }
+        if p.version_interval_ms > MAX_TIMEOUT_MS {
+            return bad("persistence.version_interval_ms must be at most 30 days");
         }
         let t = &self.timeouts;
         for (name, value) in [

@@ -74,6 +74,8 @@ pub struct ConnContext {
     pub config: Arc<Config>,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
+    /// The peer's address, for logs and the audit trail.
+    pub peer: Arc<str>,
 }
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
@@ -93,6 +95,7 @@ where
         tx,
         queued_bytes: Arc::new(AtomicUsize::new(0)),
         control: Arc::clone(&control),
+        origin: Arc::clone(&ctx.peer),
     };
     let queued = Arc::clone(&sub.queued_bytes);
     let started = Instant::now();
@@ -366,6 +369,7 @@ mod tests {
         let shutdown = CancellationToken::new();
         let registry = Arc::new(Registry::new(
             Arc::clone(&config),
+            Arc::new(yrelay_store::MemoryStore::default()),
             TaskTracker::new(),
             shutdown.clone(),
         ));
@@ -386,6 +390,7 @@ mod tests {
             registry,
             config,
             shutdown: shutdown.clone(),
+            peer: Arc::from("test"),
         };
         let task = tokio::spawn(serve(
             Arc::from("room"),

@@ -9,6 +9,7 @@
 //! - [`http`]: the warp routes (the only module that knows warp) and room-name parsing.
 //! - [`conn`]: one connection's reader and writer, generic over a frame stream/sink.
 //! - [`room`]: the room registry and the one task per room that owns its document.
+//! - [`persist`]: a room's write pipeline: update log, durability modes, compaction.
 //! - [`close`]: the table of WebSocket close codes, in one place.
 //! - [`tls`]: rustls configuration from PEM files.
 //!
@@ -20,6 +21,7 @@ pub mod close;
 pub mod config;
 pub mod conn;
 pub mod http;
+pub mod persist;
 pub mod room;
 pub mod server;
 pub mod tls;

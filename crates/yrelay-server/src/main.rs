@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
+use yrelay_server::config::Durability;
 use yrelay_server::Config;
 
 /// yrelay: a Yjs sync relay compatible with the official y-websocket clients.
@@ -51,9 +52,12 @@ struct ServeArgs {
     /// Largest WebSocket message accepted, in bytes [default: 33554432].
     #[arg(long, env = "YRELAY_MAX_MESSAGE_BYTES")]
     max_message_bytes: Option<usize>,
-    /// Milliseconds a room without connections stays in memory; 0 = forever [default: 0].
+    /// Milliseconds a room without connections stays in memory; 0 = forever [default: 60000].
     #[arg(long, env = "YRELAY_ROOM_IDLE_MS")]
     room_idle_ms: Option<u64>,
+    /// Durability: `fsync` (flushed before anyone sees an update) or `batched` [default: fsync].
+    #[arg(long, env = "YRELAY_DURABILITY", value_parser = ["fsync", "batched"])]
+    durability: Option<String>,
     /// Log format.
     #[arg(long, env = "YRELAY_LOG_FORMAT", value_enum, default_value = "pretty")]
     log_format: LogFormat,
@@ -85,6 +89,11 @@ impl ServeArgs {
         }
         if let Some(v) = self.room_idle_ms {
             config.timeouts.room_idle_ms = v;
+        }
+        match self.durability.as_deref() {
+            Some("batched") => config.persistence.durability = Durability::Batched,
+            Some(_) => config.persistence.durability = Durability::Fsync,
+            None => {}
         }
         config.validate()?;
         Ok(config)

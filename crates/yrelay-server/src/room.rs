@@ -12,7 +12,7 @@
 //! registry lock and only if its inbox is empty; a join that still reaches a closing task gets
 //! no answer and retries on a fresh task.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,12 +22,14 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info_span, warn, Instrument};
-use yrelay_doc::codec::{self, broadcast_frame};
-use yrelay_doc::{ClientMessage, RoomDoc};
+use tracing::{debug, error, info_span, warn, Instrument};
+use yrelay_doc::codec::{self, broadcast_frame, UpdateV1};
+use yrelay_doc::{ClientMessage, RoomDoc, ValidateLimits};
+use yrelay_store::{AppendEntry, Seq, Store, VersionInfo, VersionKind};
 
 use crate::close::CloseReason;
 use crate::config::Config;
+use crate::persist::{Outbound, Persister};
 
 /// Identifies one connection within the server.
 pub type ConnId = u64;
@@ -76,6 +78,8 @@ pub struct Subscriber {
     pub queued_bytes: Arc<AtomicUsize>,
     /// Closes the connection.
     pub control: Arc<ConnControl>,
+    /// Where the connection comes from, for the audit trail (peer address).
+    pub origin: Arc<str>,
 }
 
 impl Subscriber {
@@ -132,6 +136,20 @@ pub enum RoomCmd {
     Leave {
         /// The connection.
         conn: ConnId,
+    },
+    /// Save a named version of the current document.
+    CreateVersion {
+        /// Its label.
+        label: Option<String>,
+        /// The saved version, or why not.
+        reply: oneshot::Sender<Result<VersionInfo, String>>,
+    },
+    /// Make the document equal to version `id` again, as a new edit.
+    Restore {
+        /// The version.
+        id: u64,
+        /// Whether anything changed (`None`: no such version), or why it failed.
+        reply: oneshot::Sender<Result<Option<bool>, String>>,
     },
 }
 
@@ -200,21 +218,52 @@ pub struct Registry {
     /// await.
     rooms: Mutex<HashMap<Arc<str>, RoomEntry>>,
     config: Arc<Config>,
+    store: Arc<dyn Store>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     next_generation: AtomicU64,
 }
 
 impl Registry {
-    /// A registry whose room tasks are tracked by `tracker` and stop after `shutdown`.
-    pub fn new(config: Arc<Config>, tracker: TaskTracker, shutdown: CancellationToken) -> Self {
+    /// A registry whose rooms persist to `store`, whose tasks are tracked by `tracker` and
+    /// stop after `shutdown`.
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             rooms: Mutex::default(),
             config,
+            store,
             tracker,
             shutdown,
             next_generation: AtomicU64::new(1),
         }
+    }
+
+    /// The store rooms persist to.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Sends `cmd` to `room`'s task, loading the room if needed. `false` if the server is
+    /// shutting down or the room kept disappearing.
+    pub async fn command(self: &Arc<Self>, room: &str, mut cmd: RoomCmd) -> bool {
+        for _ in 0..8 {
+            if self.shutdown.is_cancelled() {
+                return false;
+            }
+            let (tx, _) = self.get_or_start(room);
+            match tx.send(cmd).await {
+                Ok(()) => return true,
+                // The task ended meanwhile; try again on a fresh one.
+                Err(mpsc::error::SendError(back)) => cmd = back,
+            }
+            tokio::task::yield_now().await;
+        }
+        false
     }
 
     /// Number of rooms in memory.
@@ -292,16 +341,9 @@ impl Registry {
             },
         );
         metrics::gauge!("yrelay_rooms_loaded").set(rooms.len() as f64);
-        let task = RoomTask {
-            name: Arc::clone(&name),
-            generation,
-            doc: RoomDoc::new(),
-            subs: HashMap::new(),
-            config: Arc::clone(&self.config),
-            registry: Arc::clone(self),
-        };
+        let task = room_main(Arc::clone(self), Arc::clone(&name), generation, rx);
         let span = info_span!("room", room = %name);
-        self.tracker.spawn(task.run(rx).instrument(span));
+        self.tracker.spawn(task.instrument(span));
         (tx, inbox_bytes)
     }
 
@@ -332,6 +374,90 @@ struct RoomTask {
     subs: HashMap<ConnId, SubState>,
     config: Arc<Config>,
     registry: Arc<Registry>,
+    persist: Persister,
+    /// Log position of the newest version taken.
+    last_version_seq: Seq,
+}
+
+/// A room's whole life: load it (joins and messages wait in the inbox meanwhile, so nobody is
+/// ever answered from a half-loaded document), then serve it.
+async fn room_main(
+    registry: Arc<Registry>,
+    name: Arc<str>,
+    generation: u64,
+    mut rx: mpsc::Receiver<RoomCmd>,
+) {
+    let config = Arc::clone(&registry.config);
+    let started = Instant::now();
+    let store = Arc::clone(&registry.store);
+    let room = Arc::clone(&name);
+    let loaded = tokio::task::spawn_blocking(move || store.load(&room)).await;
+    let loaded = match loaded {
+        Ok(Ok(loaded)) => loaded,
+        failed => {
+            let error = match failed {
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+                Ok(Ok(_)) => unreachable!(),
+            };
+            error!(%error, "room could not be loaded");
+            metrics::counter!("yrelay_room_load_errors_total").increment(1);
+            // Refuse whoever is waiting, then let the next join try again on a fresh task.
+            registry.try_evict(&name, generation, &rx);
+            rx.close();
+            while let Some(cmd) = rx.recv().await {
+                if let RoomCmd::Join { ack, .. } = cmd {
+                    let _ = ack.send(Err(CloseReason::internal("storage unavailable")));
+                }
+            }
+            return;
+        }
+    };
+    let mut doc = RoomDoc::new();
+    let limits = ValidateLimits {
+        max_depth: config.limits.max_nesting_depth.max(1024),
+    };
+    let mut tail = VecDeque::new();
+    let last_seq = loaded.next_seq.saturating_sub(1);
+    let stored = loaded
+        .snapshot
+        .into_iter()
+        .map(|s| (0, s))
+        .chain(loaded.tail);
+    for (seq, bytes) in stored {
+        let len = bytes.len();
+        match UpdateV1::parse(Bytes::from(bytes), &limits) {
+            Ok(update) => {
+                let applied = doc.apply_update(&update, 0);
+                for (_, e) in applied.refused {
+                    error!(seq, error = %e, "stored update refused on load");
+                }
+            }
+            Err(e) => error!(seq, error = %e, "stored update is invalid; skipped"),
+        }
+        if seq > 0 {
+            tail.push_back((seq, len));
+        }
+    }
+    metrics::histogram!("yrelay_room_load_seconds").record(started.elapsed().as_secs_f64());
+    let persist = Persister::new(
+        Arc::clone(&registry.store),
+        Arc::clone(&name),
+        config.persistence.clone(),
+        last_seq,
+        tail,
+    );
+    let task = RoomTask {
+        name,
+        generation,
+        doc,
+        subs: HashMap::new(),
+        config,
+        registry,
+        persist,
+        last_version_seq: last_seq,
+    };
+    task.run(rx).await;
 }
 
 impl RoomTask {
@@ -344,26 +470,46 @@ impl RoomTask {
         let mut sweep =
             tokio::time::interval(Duration::from_millis((awareness_timeout / 10).max(100)));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let version_every = Duration::from_millis(self.config.persistence.version_interval_ms);
+        let mut versions = tokio::time::interval_at(
+            Instant::now() + version_every.max(Duration::from_millis(1)),
+            version_every.max(Duration::from_millis(1)),
+        );
+        versions.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut idle_since = Some(Instant::now());
         loop {
             // `room_idle_ms = 0` keeps rooms in memory for as long as the process runs.
             let deadline = idle_since.filter(|_| !idle.is_zero()).map(|t| t + idle);
             tokio::select! {
                 cmd = rx.recv() => match cmd {
-                    Some(cmd) => self.handle(cmd),
+                    Some(cmd) => self.handle(cmd).await,
                     None => break,
                 },
+                step = self.persist.next_event() => {
+                    for frame in step.deliver {
+                        self.deliver(frame);
+                    }
+                    if step.compact {
+                        self.persist.start_compaction(self.doc.encode_state());
+                    }
+                },
                 () = sleep_until_opt(deadline) => {
-                    if self.subs.is_empty() && self.registry.try_evict(&self.name, self.generation, &rx) {
-                        break;
+                    if self.subs.is_empty() {
+                        self.flush().await;
+                        if self.registry.try_evict(&self.name, self.generation, &rx) {
+                            break;
+                        }
                     }
                 },
                 _ = sweep.tick(), if self.doc.awareness_len() > 0 => self.expire_awareness(awareness_timeout),
+                _ = versions.tick(), if !version_every.is_zero() => self.auto_version(),
                 () = shutdown.cancelled(), if self.subs.is_empty() => {
+                    self.flush().await;
                     self.registry.try_evict(&self.name, self.generation, &rx);
                     break;
                 },
             }
+            self.persist.kick();
             idle_since = match (self.subs.is_empty(), idle_since) {
                 (true, None) => Some(Instant::now()),
                 (true, since) => since,
@@ -373,12 +519,103 @@ impl RoomTask {
         // Nothing new can arrive once the entry is gone; dropping queued joins makes their
         // connections retry on a fresh task.
         rx.close();
-        while rx.recv().await.is_some() {}
+        while let Some(cmd) = rx.recv().await {
+            // Queued joins are dropped (unanswered, so they retry on a fresh task); version
+            // commands are still served from this document.
+            if !matches!(cmd, RoomCmd::Join { .. }) {
+                self.handle(cmd).await;
+            }
+        }
+        self.flush().await;
         debug!("room dropped from memory");
     }
 
-    fn handle(&mut self, cmd: RoomCmd) {
+    /// Writes everything outstanding (eviction, shutdown).
+    async fn flush(&mut self) {
+        for frame in self.persist.drain().await {
+            self.deliver(frame);
+        }
+    }
+
+    /// Saves an automatic version if the document changed since the last one.
+    fn auto_version(&mut self) {
+        let seq = self.persist.last_seq();
+        if seq <= self.last_version_seq {
+            return;
+        }
+        self.last_version_seq = seq;
+        let store = Arc::clone(&self.registry.store);
+        let room = Arc::clone(&self.name);
+        let state = self.doc.encode_state();
+        self.registry.tracker.spawn_blocking(move || {
+            if let Err(e) =
+                store.save_version(&room, VersionKind::Auto, None, &state, seq, now_ms())
+            {
+                warn!(error = %e, "automatic version failed");
+            }
+        });
+    }
+
+    async fn create_version(&mut self, label: Option<String>) -> Result<VersionInfo, String> {
+        let store = Arc::clone(&self.registry.store);
+        let room = Arc::clone(&self.name);
+        let state = self.doc.encode_state();
+        let seq = self.persist.last_seq();
+        self.last_version_seq = self.last_version_seq.max(seq);
+        tokio::task::spawn_blocking(move || {
+            store.save_version(
+                &room,
+                VersionKind::Named,
+                label.as_deref(),
+                &state,
+                seq,
+                now_ms(),
+            )
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+    }
+
+    async fn restore(&mut self, id: u64) -> Result<Option<bool>, String> {
+        let store = Arc::clone(&self.registry.store);
+        let room = Arc::clone(&self.name);
+        let version = tokio::task::spawn_blocking(move || store.get_version(&room, id))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let Some((_, old_state)) = version else {
+            return Ok(None);
+        };
+        let current = self.doc.encode_state();
+        // A fresh client ID for the server's edit (53 bits, as Yjs requires).
+        let client_id = u64::from(rand_u32()) << 21 | u64::from(rand_u32() & 0x1f_ffff);
+        let Some(update) = yrelay_doc::restore::restore_update(&current, &old_state, client_id)
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(Some(false));
+        };
+        let limits = ValidateLimits { max_depth: 1024 };
+        let update = UpdateV1::parse(Bytes::from(update), &limits).map_err(|e| e.to_string())?;
+        let frame = codec::encode_sync_update(update.as_bytes());
+        self.apply(
+            0,
+            &frame,
+            &update,
+            "yrelay",
+            &format!("restore of version {id}"),
+        );
+        Ok(Some(true))
+    }
+
+    async fn handle(&mut self, cmd: RoomCmd) {
         match cmd {
+            RoomCmd::CreateVersion { label, reply } => {
+                let _ = reply.send(self.create_version(label).await);
+            }
+            RoomCmd::Restore { id, reply } => {
+                let _ = reply.send(self.restore(id).await);
+            }
             RoomCmd::Join { sub, ack } => self.join(sub, ack),
             // The permit is released once the message has been handled.
             RoomCmd::Message {
@@ -424,30 +661,12 @@ impl RoomTask {
                 self.send_to(conn, reply);
             }
             ClientMessage::SyncStep2(update) | ClientMessage::Update(update) => {
-                let started = Instant::now();
-                let applied = self.doc.apply_update(&update, conn);
-                metrics::histogram!("yrelay_update_apply_seconds")
-                    .record(started.elapsed().as_secs_f64());
-                // Broadcast everything the document took in, even when something was refused
-                // after part of it was integrated.
-                match applied.emitted.as_slice() {
-                    [] => {}
-                    [single] => self.broadcast(broadcast_frame(&frame, single)),
-                    // A cascade (held-back updates unblocked): one message if the parts merge.
-                    parts => match yrs::merge_updates_v1(parts) {
-                        Ok(merged) => self.broadcast(codec::encode_sync_update(&merged)),
-                        Err(_) => {
-                            for part in parts {
-                                self.broadcast(codec::encode_sync_update(part));
-                            }
-                        }
-                    },
-                }
-                for (origin, err) in applied.refused {
-                    warn!(conn = origin, error = %err, "update refused");
-                    metrics::counter!("yrelay_updates_refused_total").increment(1);
-                    self.close_sub(origin, CloseReason::refused(&err));
-                }
+                let origin = self
+                    .subs
+                    .get(&conn)
+                    .map_or_else(|| format!("conn-{conn}"), |s| s.sub.origin.to_string());
+                // Until authentication exists (issue 4) clients are not known by name.
+                self.apply(conn, &frame, &update, "anonymous", &origin);
             }
             ClientMessage::Awareness(update) => self.awareness(conn, &update),
             ClientMessage::QueryAwareness => {
@@ -457,6 +676,50 @@ impl RoomTask {
             }
             // Filtered out by the connection; nothing for the room to do.
             ClientMessage::Auth | ClientMessage::Unknown(_) => {}
+        }
+    }
+
+    /// Applies an update from `conn` (0: the server itself), records what the document took in
+    /// for the log, and broadcasts it (in fsync mode, once durable).
+    fn apply(
+        &mut self,
+        conn: ConnId,
+        frame: &Bytes,
+        update: &UpdateV1,
+        author: &str,
+        origin: &str,
+    ) {
+        let started = Instant::now();
+        let applied = self.doc.apply_update(update, conn);
+        metrics::histogram!("yrelay_update_apply_seconds").record(started.elapsed().as_secs_f64());
+        let time_ms = now_ms();
+        for part in &applied.emitted {
+            self.persist.record(AppendEntry {
+                update: part.clone(),
+                author: author.to_owned(),
+                origin: origin.to_owned(),
+                time_ms,
+            });
+        }
+        // Broadcast everything the document took in, even when something was refused after
+        // part of it was integrated.
+        match applied.emitted.as_slice() {
+            [] => {}
+            [single] => self.broadcast(broadcast_frame(frame, single)),
+            // A cascade (held-back updates unblocked): one message if the parts merge.
+            parts => match yrs::merge_updates_v1(parts) {
+                Ok(merged) => self.broadcast(codec::encode_sync_update(&merged)),
+                Err(_) => {
+                    for part in parts {
+                        self.broadcast(codec::encode_sync_update(part));
+                    }
+                }
+            },
+        }
+        for (origin, err) in applied.refused {
+            warn!(conn = origin, error = %err, "update refused");
+            metrics::counter!("yrelay_updates_refused_total").increment(1);
+            self.close_sub(origin, CloseReason::refused(&err));
         }
     }
 
@@ -501,10 +764,7 @@ impl RoomTask {
 
     /// Removes presence that was not renewed within `timeout_ms`, as y-protocols does.
     fn expire_awareness(&mut self, timeout_ms: u64) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let outdated = self.doc.outdated_awareness(now, timeout_ms);
+        let outdated = self.doc.outdated_awareness(now_ms(), timeout_ms);
         if outdated.is_empty() {
             return;
         }
@@ -547,7 +807,28 @@ impl RoomTask {
         }
     }
 
+    /// Sends to one connection, behind anything not yet durable (fsync mode).
     fn send_to(&mut self, conn: ConnId, frame: Bytes) {
+        if let Some(out) = self.persist.gate(Outbound::To(conn, frame)) {
+            self.deliver(out);
+        }
+    }
+
+    /// Sends to everyone, behind anything not yet durable (fsync mode).
+    fn broadcast(&mut self, frame: Bytes) {
+        if let Some(out) = self.persist.gate(Outbound::All(frame)) {
+            self.deliver(out);
+        }
+    }
+
+    fn deliver(&mut self, out: Outbound) {
+        match out {
+            Outbound::All(frame) => self.deliver_all(frame),
+            Outbound::To(conn, frame) => self.deliver_to(conn, frame),
+        }
+    }
+
+    fn deliver_to(&mut self, conn: ConnId, frame: Bytes) {
         let max = self.config.limits.outbound_queue_bytes;
         let slow = match self.subs.get(&conn) {
             Some(state) => !state.sub.offer(&frame, max),
@@ -559,7 +840,7 @@ impl RoomTask {
         }
     }
 
-    fn broadcast(&mut self, frame: Bytes) {
+    fn deliver_all(&mut self, frame: Bytes) {
         for conn in self.offer_all(&frame) {
             self.remove_sub(conn);
         }
@@ -590,6 +871,21 @@ impl RoomTask {
             state.sub.control.close(CloseReason::slow_consumer());
         }
     }
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A random 32-bit value from the OS-seeded hasher (no extra dependency for one ID).
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ms());
+    h.finish() as u32
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

@@ -22,6 +22,7 @@ use crate::config::{Config, ConfigError};
 use crate::http::{routes, PeerAddr};
 use crate::room::Registry;
 use crate::tls::{self, TlsError};
+use yrelay_store::{SledStore, Store};
 
 /// State shared by every request.
 pub struct AppState {
@@ -44,6 +45,14 @@ pub enum ServerError {
     /// TLS files are unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The store could not be opened.
+    #[error("cannot open the store in {path}: {source}")]
+    Store {
+        /// The store's directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: yrelay_store::StoreError,
+    },
     /// The data directory could not be created.
     #[error("cannot create data directory {path}: {source}")]
     DataDir {
@@ -71,6 +80,7 @@ pub struct Server {
     listener: TcpListener,
     config: Arc<Config>,
     acceptor: Option<TlsAcceptor>,
+    store: Arc<dyn Store>,
 }
 
 impl Server {
@@ -85,10 +95,13 @@ impl Server {
             (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
             _ => None,
         };
+        let path = config.data_dir.join("yrelay.sled");
+        let store = SledStore::open(&path).map_err(|source| ServerError::Store { path, source })?;
         Ok(Self {
             listener,
             config: Arc::new(config),
             acceptor,
+            store: Arc::new(store),
         })
     }
 
@@ -103,11 +116,13 @@ impl Server {
             listener,
             config,
             acceptor,
+            store,
         } = self;
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
         let registry = Arc::new(Registry::new(
             Arc::clone(&config),
+            Arc::clone(&store),
             tracker.clone(),
             token.clone(),
         ));
@@ -176,6 +191,11 @@ impl Server {
                 remaining = tracker.len(),
                 "shutdown timeout passed with tasks still running"
             );
+        }
+        // Rooms flushed their logs as they ended; one last flush covers anything else.
+        let flushed = tokio::task::spawn_blocking(move || store.flush()).await;
+        if !matches!(flushed, Ok(Ok(()))) {
+            warn!("final store flush failed");
         }
         info!("stopped");
     }

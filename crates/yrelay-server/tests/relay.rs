@@ -241,6 +241,10 @@ async fn slow_consumer_is_closed_with_1013_and_others_continue() {
         c.limits.max_message_bytes = 16 * 1024;
         c.limits.outbound_queue_bytes = 1024 * 1024;
         c.limits.outbound_queue_frames = 256;
+        // This test is about queue overflow: keep the close handshake waiting until the slow
+        // client reads again, and skip the per-update fsync to keep it quick.
+        c.timeouts.write_ms = 120_000;
+        c.persistence.durability = yrelay_server::config::Durability::Batched;
     })
     .await;
     let url = server.url("slow");

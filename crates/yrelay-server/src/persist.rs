@@ -1,0 +1,366 @@
+//! A room's write pipeline: the update log, durability modes, compaction.
+//!
+//! Every update a room's document accepts is recorded as an [`AppendEntry`] (the update the
+//! document emitted, with author, origin and time for the audit trail). One write at a time is
+//! in flight per room, on the blocking pool: `append` then `flush` (fsync).
+//!
+//! - **fsync** (group commit): frames the room wants to send while anything is not yet durable
+//!   are *held*, in order, and released only when the write covering them has been flushed.
+//!   Whatever arrives while a write is in flight goes into the next one, so under load one
+//!   fsync covers many updates and latency stays near one flush.
+//! - **batched**: frames go out at once; the batch is written and flushed at most
+//!   `flush_interval_ms` after its first update.
+//!
+//! A failed write keeps its entries (and held frames) and is retried after a second; nothing
+//! is dropped. After a write, a log that passed the compaction thresholds is compacted: the
+//! room encodes its document (which holds everything written so far) and the store swaps
+//! snapshot and tail atomically, on the blocking pool, while the room keeps serving.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{error, warn};
+use yrelay_store::{AppendEntry, Seq, Store, StoreError};
+
+use crate::config::{Durability, Persistence};
+use crate::room::ConnId;
+
+/// A frame a room wants to send.
+#[derive(Debug)]
+pub enum Outbound {
+    /// To every subscriber.
+    All(Bytes),
+    /// To one connection.
+    To(ConnId, Bytes),
+}
+
+/// What a finished write gives back: the seqs on success, or the entries to retry.
+type WriteResult = Result<Vec<Seq>, (StoreError, Vec<AppendEntry>)>;
+
+/// Delay before retrying a failed write.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// One room's pending writes and held frames.
+pub struct Persister {
+    store: Arc<dyn Store>,
+    room: Arc<str>,
+    settings: Persistence,
+    /// Entries not yet handed to a write.
+    batch: Vec<AppendEntry>,
+    /// fsync: frames waiting for `batch` to become durable.
+    held: Vec<Outbound>,
+    /// The write in flight and the frames it releases.
+    write: Option<(JoinHandle<WriteResult>, Vec<Outbound>, Instant)>,
+    /// When the next write may start (batched: flush deadline; after a failure: retry time).
+    next_write_at: Option<Instant>,
+    /// The compaction in flight and the seq it folds up to.
+    compaction: Option<(JoinHandle<Result<(), StoreError>>, Seq)>,
+    /// (seq, bytes) of each log entry since the snapshot.
+    tail: VecDeque<(Seq, usize)>,
+    tail_bytes: usize,
+    /// Highest seq written.
+    last_seq: Seq,
+    /// Sizes of the entries in the write in flight.
+    written_sizes: Vec<usize>,
+}
+
+impl Persister {
+    /// A pipeline for `room`, whose log already holds entries up to `last_seq` of which
+    /// `tail` are not folded into the snapshot.
+    pub fn new(
+        store: Arc<dyn Store>,
+        room: Arc<str>,
+        settings: Persistence,
+        last_seq: Seq,
+        tail: VecDeque<(Seq, usize)>,
+    ) -> Self {
+        let tail_bytes = tail.iter().map(|(_, b)| b).sum();
+        Self {
+            store,
+            room,
+            settings,
+            batch: Vec::new(),
+            held: Vec::new(),
+            write: None,
+            next_write_at: None,
+            compaction: None,
+            tail,
+            tail_bytes,
+            last_seq,
+            written_sizes: Vec::new(),
+        }
+    }
+
+    /// Highest seq written so far.
+    pub fn last_seq(&self) -> Seq {
+        self.last_seq
+    }
+
+    /// Records an accepted update for the log.
+    pub fn record(&mut self, entry: AppendEntry) {
+        if self.batch.is_empty() && self.settings.durability == Durability::Batched {
+            let deadline = Instant::now() + Duration::from_millis(self.settings.flush_interval_ms);
+            self.next_write_at = Some(self.next_write_at.map_or(deadline, |d| d.min(deadline)));
+        }
+        self.batch.push(entry);
+    }
+
+    /// Passes `frame` through, or holds it until what precedes it is durable (fsync mode).
+    pub fn gate(&mut self, frame: Outbound) -> Option<Outbound> {
+        let must_hold = self.settings.durability == Durability::Fsync
+            && (!self.batch.is_empty() || self.write.is_some() || !self.held.is_empty());
+        if must_hold {
+            self.held.push(frame);
+            None
+        } else {
+            Some(frame)
+        }
+    }
+
+    /// Whether nothing is waiting to be written or in flight.
+    pub fn is_idle(&self) -> bool {
+        self.batch.is_empty() && self.write.is_none() && self.held.is_empty()
+    }
+
+    /// Starts a write if one is due and none is in flight.
+    pub fn kick(&mut self) {
+        if self.write.is_some() || self.batch.is_empty() {
+            return;
+        }
+        // fsync: at once (group commit) unless backing off after a failure; batched: at the
+        // flush deadline.
+        if self.next_write_at.is_none_or(|t| Instant::now() >= t) {
+            self.start_write();
+        }
+    }
+
+    fn start_write(&mut self) {
+        let entries = std::mem::take(&mut self.batch);
+        let frames = std::mem::take(&mut self.held);
+        self.written_sizes = entries.iter().map(|e| e.update.len()).collect();
+        let store = Arc::clone(&self.store);
+        let room = Arc::clone(&self.room);
+        self.next_write_at = None;
+        let job = tokio::task::spawn_blocking(move || {
+            let seqs = match store.append(&room, &entries) {
+                Ok(seqs) => seqs,
+                Err(e) => return Err((e, entries)),
+            };
+            match store.flush() {
+                Ok(()) => Ok(seqs),
+                // Appended but not known durable: the retry appends again, which is safe
+                // (applying a Yjs update twice changes nothing).
+                Err(e) => Err((e, entries)),
+            }
+        });
+        self.write = Some((job, frames, Instant::now()));
+    }
+
+    /// When the room should call [`Persister::kick`] again (a batched flush or a retry).
+    fn wake_at(&self) -> Option<Instant> {
+        if self.write.is_none() && !self.batch.is_empty() {
+            self.next_write_at
+        } else {
+            None
+        }
+    }
+
+    /// Waits for the next thing the pipeline has to react to: a write or compaction finishing,
+    /// or a deferred write falling due. Pending forever when there is nothing. Cancel-safe
+    /// (the jobs run on their own; only the waiting is dropped).
+    pub async fn next_event(&mut self) -> Step {
+        let wake = self.wake_at();
+        let raw = {
+            let write = &mut self.write;
+            let compaction = &mut self.compaction;
+            tokio::select! {
+                r = async {
+                    match write.as_mut() {
+                        Some((job, _, _)) => job.await,
+                        None => std::future::pending().await,
+                    }
+                } => Raw::Write(r),
+                r = async {
+                    match compaction.as_mut() {
+                        Some((job, _)) => job.await,
+                        None => std::future::pending().await,
+                    }
+                } => Raw::Compact(r),
+                () = sleep_until_opt(wake) => Raw::Wake,
+            }
+        };
+        match raw {
+            Raw::Write(result) => self.finish_write(result),
+            Raw::Compact(result) => {
+                self.finish_compaction(result);
+                Step::default()
+            }
+            Raw::Wake => {
+                self.kick();
+                Step::default()
+            }
+        }
+    }
+
+    fn finish_write(&mut self, result: Result<WriteResult, tokio::task::JoinError>) -> Step {
+        let Some((_, frames, started)) = self.write.take() else {
+            return Step::default();
+        };
+        let result = result.unwrap_or_else(|join| {
+            Err((
+                StoreError::Corrupt(format!("write task failed: {join}")),
+                Vec::new(),
+            ))
+        });
+        match result {
+            Ok(seqs) => {
+                metrics::histogram!("yrelay_persist_write_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                metrics::counter!("yrelay_persisted_updates_total").increment(seqs.len() as u64);
+                for (seq, bytes) in seqs.iter().zip(&self.written_sizes) {
+                    self.tail.push_back((*seq, *bytes));
+                    self.tail_bytes += bytes;
+                }
+                self.written_sizes.clear();
+                if let Some(&last) = seqs.last() {
+                    self.last_seq = self.last_seq.max(last);
+                }
+                // Whatever accumulated meanwhile goes next (group commit).
+                self.kick();
+                let mut deliver = frames;
+                if self.write.is_none() && self.batch.is_empty() {
+                    // Held only behind the write that just finished.
+                    deliver.append(&mut self.held);
+                }
+                Step {
+                    deliver,
+                    compact: self.wants_compaction(),
+                }
+            }
+            Err((e, entries)) => {
+                error!(room = %self.room, error = %e, "write failed; retrying");
+                metrics::counter!("yrelay_persist_errors_total").increment(1);
+                self.written_sizes.clear();
+                // Put everything back in front, in order, and retry later.
+                let mut batch = entries;
+                batch.append(&mut self.batch);
+                self.batch = batch;
+                let mut held = frames;
+                held.append(&mut self.held);
+                self.held = held;
+                self.next_write_at = Some(Instant::now() + RETRY_AFTER);
+                Step::default()
+            }
+        }
+    }
+
+    fn wants_compaction(&self) -> bool {
+        self.compaction.is_none()
+            && (self.tail.len() as u64 >= self.settings.compact_after_updates
+                || self.tail_bytes as u64 >= self.settings.compact_after_bytes)
+    }
+
+    /// Starts compacting the log up to the last written seq into `state`, the room's whole
+    /// document (which contains at least everything written).
+    pub fn start_compaction(&mut self, state: Vec<u8>) {
+        if self.compaction.is_some() {
+            return;
+        }
+        let upto = self.last_seq;
+        let store = Arc::clone(&self.store);
+        let room = Arc::clone(&self.room);
+        let job = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let bytes = state.len();
+            store.compact(&room, &state, upto)?;
+            store.flush()?;
+            metrics::histogram!("yrelay_compaction_seconds")
+                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!("yrelay_compaction_snapshot_bytes").record(bytes as f64);
+            Ok(())
+        });
+        self.compaction = Some((job, upto));
+    }
+
+    fn finish_compaction(
+        &mut self,
+        result: Result<Result<(), StoreError>, tokio::task::JoinError>,
+    ) {
+        let Some((_, upto)) = self.compaction.take() else {
+            return;
+        };
+        match result {
+            Ok(Ok(())) => {
+                while self.tail.front().is_some_and(|(seq, _)| *seq <= upto) {
+                    if let Some((_, bytes)) = self.tail.pop_front() {
+                        self.tail_bytes -= bytes;
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                // The old snapshot and tail are intact (compaction is atomic); try again later.
+                warn!(room = %self.room, error = %e, "compaction failed");
+                metrics::counter!("yrelay_persist_errors_total").increment(1);
+            }
+            Err(e) => warn!(room = %self.room, error = %e, "compaction task failed"),
+        }
+    }
+
+    /// Writes and flushes everything outstanding and waits for compaction, for eviction and
+    /// shutdown. Returns frames that became deliverable. Gives up (logging) after a few failed
+    /// attempts, so a broken disk cannot hang shutdown.
+    pub async fn drain(&mut self) -> Vec<Outbound> {
+        let mut deliver = Vec::new();
+        let mut failures = 0;
+        while !self.is_idle() || self.compaction.is_some() {
+            if self.write.is_none() && !self.batch.is_empty() {
+                self.next_write_at = None;
+                self.start_write();
+            }
+            if self.write.is_none() && self.batch.is_empty() && !self.held.is_empty() {
+                // Frames held behind nothing (their write already finished).
+                deliver.append(&mut self.held);
+                continue;
+            }
+            let step = self.next_event().await;
+            deliver.extend(step.deliver);
+            if self.next_write_at.is_some() && !self.batch.is_empty() {
+                failures += 1;
+                if failures >= 3 {
+                    error!(room = %self.room, lost = self.batch.len(), "giving up writing after repeated failures");
+                    self.batch.clear();
+                    deliver.append(&mut self.held);
+                    break;
+                }
+                tokio::time::sleep(RETRY_AFTER).await;
+            }
+        }
+        deliver
+    }
+}
+
+/// What the room must do after a pipeline event.
+#[derive(Debug, Default)]
+pub struct Step {
+    /// Frames whose updates are now durable.
+    pub deliver: Vec<Outbound>,
+    /// The log passed a compaction threshold: call [`Persister::start_compaction`].
+    pub compact: bool,
+}
+
+enum Raw {
+    Write(Result<WriteResult, tokio::task::JoinError>),
+    Compact(Result<Result<(), StoreError>, tokio::task::JoinError>),
+    Wake,
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
