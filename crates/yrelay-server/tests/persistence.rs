@@ -237,3 +237,135 @@ async fn a_large_room_is_never_served_before_it_loaded() {
     }
     server.kill9();
 }
+
+/// A plain HTTP/1.1 request to the server; returns (status, body).
+fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&out[..split]).to_string();
+    let status = head[9..12].parse().unwrap();
+    let mut body = out[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        // De-chunk.
+        let mut plain = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let eol = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let n = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16)
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            plain.extend_from_slice(&rest[eol + 2..eol + 2 + n]);
+            rest = &rest[eol + 2 + n + 2..];
+        }
+        body = plain;
+    }
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_compacted_and_versions_and_audit_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "[persistence]\ncompact_after_updates = 10\nversion_interval_ms = 300\n",
+    )
+    .unwrap();
+    let cfg = dir.path().join("c.toml");
+    let server = start(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    let url = server.url("hist%20ory");
+    let mut writer = Client::join(&url).await;
+    let doc = yrs::Doc::with_client_id(81);
+    for i in 0..55 {
+        writer.send(encode_sync_update(&edit(&doc, i))).await;
+        assert!(matches!(writer.recv().await, Msg::Update(_)));
+    }
+    // Automatic versions: the room changed, so one is taken within ~300 ms.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let addr = server.addr.clone();
+    let (status, body) = http(&addr, "GET", "/v1/rooms/hist%20ory/versions", b"");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let versions = list["versions"].as_array().unwrap();
+    assert!(
+        versions.iter().any(|v| v["kind"] == "Auto"),
+        "no automatic version: {list}"
+    );
+    // A named version, downloaded as a v1 update.
+    let (status, body) = http(
+        &addr,
+        "POST",
+        "/v1/rooms/hist%20ory/versions",
+        br#"{"label":"fifty-five"}"#,
+    );
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let info: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(info["label"], "fifty-five");
+    let id = info["id"].as_u64().unwrap();
+    let (status, state) = http(
+        &addr,
+        "GET",
+        &format!("/v1/rooms/hist%20ory/versions/{id}"),
+        b"",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(edits_in(&text_after(&[state])).len(), 55);
+    assert_eq!(
+        http(&addr, "GET", "/v1/rooms/hist%20ory/versions/999", b"").0,
+        404
+    );
+    assert_eq!(
+        http(&addr, "POST", "/v1/rooms/hist%20ory/versions", b"{nope").0,
+        400
+    );
+    // The audit trail pages through all 55 changes.
+    let mut after = None::<u64>;
+    let mut seen = 0;
+    loop {
+        let path = match after {
+            Some(a) => format!("/v1/rooms/hist%20ory/audit?limit=20&after={a}"),
+            None => "/v1/rooms/hist%20ory/audit?limit=20".to_owned(),
+        };
+        let (status, body) = http(&addr, "GET", &path, b"");
+        assert_eq!(status, 200);
+        let page: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let records = page["records"].as_array().unwrap();
+        seen += records.len();
+        assert!(records
+            .iter()
+            .all(|r| r["author"] == "anonymous" && r["bytes"].as_u64() > Some(0)));
+        match page["next_after"].as_u64() {
+            Some(a) => after = Some(a),
+            None => break,
+        }
+    }
+    assert_eq!(seen, 55);
+    assert!(server.sigterm().success());
+
+    // The log was compacted: at most the last threshold's worth of updates remain as a tail.
+    let store = yrelay_store::SledStore::open(&dir.path().join("yrelay.sled")).unwrap();
+    let loaded = yrelay_store::Store::load(&store, "hist ory").unwrap();
+    assert!(loaded.snapshot.is_some(), "no snapshot written");
+    assert!(
+        loaded.tail.len() < 10,
+        "tail of {} entries",
+        loaded.tail.len()
+    );
+    let mut all: Vec<Vec<u8>> = loaded.snapshot.into_iter().collect();
+    all.extend(loaded.tail.into_iter().map(|(_, u)| u));
+    assert_eq!(edits_in(&text_after(&all)).len(), 55);
+}

@@ -44,6 +44,30 @@ for (const version of CLIENT_VERSIONS) {
       assert.equal(late.doc.getMap('map').get('answer'), 42)
     })
 
+    test('a client connecting while a large room loads never sees it empty', { timeout: TEST_TIMEOUT }, async (t) => {
+      const h = harness(t)
+      const server = await h.server()
+      const room = roomName(`large-${version}`)
+      const big = 'lorem ipsum '.repeat(350_000) // ~4 MB
+      const a = h.client(version, server, room)
+      await a.synced()
+      a.doc.getText('text').insert(0, big)
+      const check = h.client(version, server, room)
+      await waitFor('the large text to reach a second client', () => check.doc.getText('text').length === big.length,
+        { timeout: 15_000, seen: () => check.describe() })
+      a.destroy()
+      check.destroy()
+      await server.restart()
+
+      // Connect at once, while the server is loading the room; record what the client holds
+      // at the moment it first reports being synced.
+      const late = h.client(version, server, room)
+      const lengthAtSync = await new Promise((resolve) => {
+        late.provider.on('sync', (synced) => { if (synced) resolve(late.doc.getText('text').length) })
+      })
+      assert.equal(lengthAtSync, big.length, 'synced before the room was loaded')
+    })
+
     test('restoring a version converges two live clients to it', { timeout: TEST_TIMEOUT }, async (t) => {
       const h = harness(t)
       const server = await h.server()
