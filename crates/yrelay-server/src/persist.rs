@@ -364,3 +364,154 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use yrelay_store::{
+        AuditRecord, LoadedRoom, MemoryStore, Result as StoreResult, RoomInfo, VersionInfo,
+        VersionKind,
+    };
+
+    use super::*;
+
+    /// A store whose first `fail` appends fail.
+    #[derive(Default)]
+    struct Flaky {
+        inner: MemoryStore,
+        fail: AtomicUsize,
+    }
+
+    impl Store for Flaky {
+        fn append(&self, room: &str, entries: &[AppendEntry]) -> StoreResult<Vec<Seq>> {
+            if self
+                .fail
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(StoreError::Corrupt("disk on fire".into()));
+            }
+            self.inner.append(room, entries)
+        }
+        fn flush(&self) -> StoreResult<()> {
+            self.inner.flush()
+        }
+        fn load(&self, room: &str) -> StoreResult<LoadedRoom> {
+            self.inner.load(room)
+        }
+        fn compact(&self, room: &str, state: &[u8], upto: Seq) -> StoreResult<()> {
+            self.inner.compact(room, state, upto)
+        }
+        fn list_rooms(&self) -> StoreResult<Vec<RoomInfo>> {
+            self.inner.list_rooms()
+        }
+        fn delete_room(&self, room: &str) -> StoreResult<()> {
+            self.inner.delete_room(room)
+        }
+        fn save_version(
+            &self,
+            room: &str,
+            kind: VersionKind,
+            label: Option<&str>,
+            state: &[u8],
+            seq: Seq,
+            created_ms: u64,
+        ) -> StoreResult<VersionInfo> {
+            self.inner
+                .save_version(room, kind, label, state, seq, created_ms)
+        }
+        fn list_versions(&self, room: &str) -> StoreResult<Vec<VersionInfo>> {
+            self.inner.list_versions(room)
+        }
+        fn get_version(&self, room: &str, id: u64) -> StoreResult<Option<(VersionInfo, Vec<u8>)>> {
+            self.inner.get_version(room, id)
+        }
+        fn audit(
+            &self,
+            room: &str,
+            after: Option<Seq>,
+            limit: usize,
+        ) -> StoreResult<Vec<AuditRecord>> {
+            self.inner.audit(room, after, limit)
+        }
+    }
+
+    fn entry(n: u8) -> AppendEntry {
+        AppendEntry {
+            update: vec![n; 4],
+            author: "a".into(),
+            origin: "o".into(),
+            time_ms: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_fsync_write_keeps_entries_and_frames_and_retries() {
+        let store = Arc::new(Flaky {
+            fail: AtomicUsize::new(1),
+            ..Flaky::default()
+        });
+        let mut p = Persister::new(
+            store.clone(),
+            Arc::from("r"),
+            Persistence::default(),
+            0,
+            VecDeque::new(),
+        );
+        p.record(entry(1));
+        // fsync: the frame for the update waits for durability.
+        assert!(p.gate(Outbound::All(Bytes::from_static(b"u1"))).is_none());
+        p.kick();
+        let step = p.next_event().await; // the write fails
+        assert!(step.deliver.is_empty());
+        p.record(entry(2));
+        assert!(p.gate(Outbound::All(Bytes::from_static(b"u2"))).is_none());
+        // After the back-off both entries are written together and both frames released, in
+        // order.
+        let started = Instant::now();
+        let mut delivered = Vec::new();
+        while delivered.len() < 2 {
+            let step = p.next_event().await;
+            delivered.extend(step.deliver.into_iter().map(|o| match o {
+                Outbound::All(b) => b,
+                Outbound::To(_, b) => b,
+            }));
+        }
+        assert!(started.elapsed() >= RETRY_AFTER - Duration::from_millis(50));
+        assert_eq!(
+            delivered,
+            vec![Bytes::from_static(b"u1"), Bytes::from_static(b"u2")]
+        );
+        assert!(p.is_idle());
+        let loaded = store.load("r").unwrap();
+        assert_eq!(loaded.tail.len(), 2);
+        assert_eq!(p.last_seq(), 2);
+    }
+
+    #[tokio::test]
+    async fn batched_mode_sends_at_once_and_writes_within_the_interval() {
+        let store = Arc::new(MemoryStore::default());
+        let settings = Persistence {
+            durability: Durability::Batched,
+            flush_interval_ms: 50,
+            ..Persistence::default()
+        };
+        let mut p = Persister::new(store.clone(), Arc::from("r"), settings, 0, VecDeque::new());
+        p.record(entry(1));
+        assert!(p.gate(Outbound::All(Bytes::from_static(b"u1"))).is_some());
+        p.kick();
+        assert!(
+            store.load("r").unwrap().tail.is_empty(),
+            "written before the interval"
+        );
+        let started = Instant::now();
+        while store.load("r").unwrap().tail.is_empty() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), p.next_event())
+                .await
+                .unwrap();
+        }
+        assert!(started.elapsed() >= Duration::from_millis(40));
+    }
+}
