@@ -23,6 +23,18 @@ fn typing_frames(n: usize) -> Vec<Bytes> {
         .collect()
 }
 
+/// What a room does per incoming frame: decode, validate, apply, frame the broadcast.
+fn relay_all(mut room: RoomDoc, frames: &[Bytes], limits: &ValidateLimits) -> RoomDoc {
+    for f in frames {
+        let ClientMessage::Update(u) = decode_client_message(f, limits).unwrap() else {
+            unreachable!()
+        };
+        let applied = room.apply_update(&u, 1);
+        criterion::black_box(broadcast_frame(f, &applied.emitted[0]));
+    }
+    room
+}
+
 fn bench(c: &mut Criterion) {
     let limits = ValidateLimits::default();
     let frames = typing_frames(1_000);
@@ -38,17 +50,7 @@ fn bench(c: &mut Criterion) {
     group.bench_function("decode_apply_broadcast_1000_typing_updates", |b| {
         b.iter_batched(
             RoomDoc::new,
-            |mut room| {
-                for f in &frames {
-                    let ClientMessage::Update(u) = decode_client_message(f, &limits).unwrap()
-                    else {
-                        unreachable!()
-                    };
-                    let applied = room.apply_update(&u, 1);
-                    criterion::black_box(broadcast_frame(f, &applied.emitted[0]));
-                }
-                room
-            },
+            |room| relay_all(room, &frames, &limits),
             BatchSize::SmallInput,
         )
     });
@@ -74,17 +76,7 @@ fn bench(c: &mut Criterion) {
         |b| {
             b.iter_batched(
                 seeded,
-                |mut room| {
-                    for f in &frames {
-                        let ClientMessage::Update(u) = decode_client_message(f, &limits).unwrap()
-                        else {
-                            unreachable!()
-                        };
-                        let applied = room.apply_update(&u, 1);
-                        criterion::black_box(broadcast_frame(f, &applied.emitted[0]));
-                    }
-                    room
-                },
+                |room| relay_all(room, &frames, &limits),
                 BatchSize::LargeInput,
             )
         },
