@@ -58,7 +58,9 @@ pub struct Limits {
     /// Longest room name, in bytes after percent-decoding. Default 256.
     pub max_room_name_bytes: usize,
     /// Frames that may wait in one connection's outbound queue. A connection whose queue is
-    /// full is closed with 1013 and resyncs when it reconnects. Default 1024.
+    /// full is closed with 1013 and resyncs when it reconnects. Default 16384: in `fsync` mode
+    /// everything that arrived during one flush is released at once, so bursts are normal;
+    /// memory is bounded by `outbound_queue_bytes` (queue slots are allocated lazily).
     pub outbound_queue_frames: usize,
     /// Bytes that may wait in one connection's outbound queue (same consequence). Default 64 MiB.
     pub outbound_queue_bytes: usize,
@@ -80,7 +82,7 @@ impl Default for Limits {
         Self {
             max_message_bytes: 32 << 20,
             max_room_name_bytes: 256,
-            outbound_queue_frames: 1024,
+            outbound_queue_frames: 16384,
             outbound_queue_bytes: 64 << 20,
             room_inbox: 256,
             room_inbox_bytes: 64 << 20,
