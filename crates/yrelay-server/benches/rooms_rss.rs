@@ -251,6 +251,10 @@ async fn bench(rooms: usize) {
     timeout(WAIT, server).await.unwrap().unwrap();
 }
 
+/// The same allocator as the `yrelay` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     // `cargo bench` passes `--bench`; anything else (`cargo test --benches`) gets a quick smoke
     // run that only checks the bench still works.

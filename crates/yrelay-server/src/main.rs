@@ -10,6 +10,11 @@ use tokio::net::TcpListener;
 use yrelay_server::config::Durability;
 use yrelay_server::Config;
 
+/// mimalloc returns memory freed by evicted rooms and closed connections to the OS; glibc's
+/// malloc keeps most of it (measured in docs/benchmarks.md, `rooms_rss`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// yrelay: a Yjs sync relay compatible with the official y-websocket clients.
 #[derive(Debug, Parser)]
 #[command(version, about)]
