@@ -18,20 +18,20 @@
 // A harness-less bench reports on stdout, like criterion does.
 #![allow(clippy::print_stdout)]
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::TestServer;
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio::time::{interval, timeout, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 use yrelay_doc::codec::encode_sync_update;
 use yrelay_doc::validate::validate_update_runs_v1;
 use yrelay_doc::ValidateLimits;
 use yrelay_server::config::Durability;
-use yrelay_server::Config;
 use yrs::{Doc, Text, Transact};
 
 /// Updates per run.
@@ -45,47 +45,15 @@ const BIG_QUEUE: usize = 8192;
 /// Longest wait for any single thing before the bench gives up.
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Server {
-    addr: std::net::SocketAddr,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
-    _dir: tempfile::TempDir,
-}
-
-async fn start(durability: Durability, outbound_queue_frames: Option<usize>) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config {
-        data_dir: dir.path().to_owned(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..Config::default()
-    };
-    config.persistence.durability = durability;
-    if let Some(frames) = outbound_queue_frames {
-        config.limits.outbound_queue_frames = frames;
-    }
-    let listener = TcpListener::bind(config.listen).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        yrelay_server::run(listener, config, async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
-    Server {
-        addr,
-        stop,
-        task,
-        _dir: dir,
-    }
-}
-
-impl Server {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        timeout(WAIT, self.task).await.unwrap().unwrap();
-    }
+/// An in-process server on port 0 with `durability` (the integration tests' helper).
+async fn start(durability: Durability, outbound_queue_frames: Option<usize>) -> TestServer {
+    TestServer::start_with(|config| {
+        config.persistence.durability = durability;
+        if let Some(frames) = outbound_queue_frames {
+            config.limits.outbound_queue_frames = frames;
+        }
+    })
+    .await
 }
 
 fn read_var(buf: &[u8], pos: &mut usize) -> Option<u64> {
@@ -153,7 +121,7 @@ struct RunResult {
 /// A run the server cut short (it closes a connection whose outbound queue overflows) is
 /// reported as an error saying how far it got and why.
 async fn run(
-    server: &Server,
+    server: &TestServer,
     room: &str,
     client: u64,
     n: usize,
@@ -294,7 +262,7 @@ async fn bench(updates: usize, repeat: usize) {
         ("batched", Durability::Batched, None, true),
         ("fsync*", Durability::Fsync, Some(BIG_QUEUE), false),
     ] {
-        let server = start(durability, queue).await;
+        let mut server = start(durability, queue).await;
         // Warm-up: first connections, first room, sled's first writes.
         run(&server, "warmup", 1_000_000, 200, None).await.unwrap();
         for rep in (1..=repeat).filter(|_| paced) {

@@ -24,16 +24,17 @@
 // A harness-less bench reports on stdout, like criterion does.
 #![allow(clippy::print_stdout)]
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::TestServer;
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio::time::{sleep, timeout};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use yrelay_doc::codec::encode_sync_update;
-use yrelay_server::Config;
 use yrs::{Doc, Text, Transact};
 
 /// Rooms in each phase.
@@ -167,23 +168,8 @@ async fn hold(addr: std::net::SocketAddr, first: usize, n: usize) -> (u64, u64, 
 }
 
 async fn bench(rooms: usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config {
-        data_dir: dir.path().to_owned(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..Config::default()
-    };
-    config.timeouts.room_idle_ms = IDLE_MS;
-    let listener = TcpListener::bind(config.listen).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        yrelay_server::run(listener, config, async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
+    let mut server = TestServer::start_with(|c| c.timeouts.room_idle_ms = IDLE_MS).await;
+    let addr = server.addr;
 
     println!(
         "rooms_rss: in-process server (fsync durability, room_idle_ms = {IDLE_MS}); its clients \
@@ -241,14 +227,13 @@ async fn bench(rooms: usize) {
     println!(
         "note: rooms are evicted inside the server (not observable from here; the wait is \
          {} ms past the idle timeout). Memory freed by evicted rooms and closed connections \
-         can stay in glibc malloc's arenas instead of going back to the kernel (a repeated \
+         can stay in the allocator (mimalloc here, as in the binary) instead of going back to the kernel (a repeated \
          peak no higher than the first means it is reused, not leaked). This bench does not \
          call malloc_trim: it would need unsafe, which the workspace forbids.",
         SETTLE.as_millis()
     );
 
-    let _ = stop.send(());
-    timeout(WAIT, server).await.unwrap().unwrap();
+    server.stop().await;
 }
 
 /// The same allocator as the `yrelay` binary.
