@@ -12,6 +12,8 @@
 //!   decoding of client frames into validated payloads, and encoding of server frames.
 //! - [`room`]: [`RoomDoc`], the CRDT state of one room (a `yrs` `Doc` plus its `Awareness`),
 //!   which only merges — it never transforms operations.
+//! - [`json`]: a JSON rendering of a document for humans and scripts, root types inferred
+//!   from their content.
 //! - [`restore`]: the update that makes the current document equal an old version, so live
 //!   clients converge to it as an ordinary edit.
 //!
@@ -20,6 +22,7 @@
 //! reaches `yrs` through this crate has been checked first.
 
 pub mod codec;
+pub mod json;
 pub mod restore;
 pub mod room;
 pub mod validate;

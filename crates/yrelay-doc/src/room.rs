@@ -18,6 +18,7 @@
 //!   halves of an emoji separately (something JS clients do) underflows inside `yrs`.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 
@@ -25,7 +26,7 @@ use yrs::sync::awareness::AwarenessUpdate;
 use yrs::sync::Awareness;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{ClientID, Doc, OffsetKind, Options, ReadTxn, StateVector, Transact, Update};
+use yrs::{ClientID, Doc, IdSet, OffsetKind, Options, ReadTxn, StateVector, Transact, Update};
 
 use crate::codec::{AwarenessUpdateV1, StateVectorV1, UpdateV1};
 use crate::validate::{validate_update_runs_v1, ValidateLimits};
@@ -131,6 +132,49 @@ fn ready(clocks: &HashMap<u64, u32>, update: &UpdateV1) -> bool {
     update.runs().iter().all(|run| {
         let clock = clocks.get(&run.client).copied().unwrap_or(0);
         run.start <= clock && run.skip_end.is_none_or(|end| clock >= end)
+    })
+}
+
+/// Whether every clock range in `deletes` is already in `deleted` (a document's delete set:
+/// per client, ranges sorted by start). Walks ranges, never single clocks: the update's ranges
+/// (which a hostile sender may leave unsorted or overlapping) are sorted and coalesced, then
+/// both lists are walked once, so the cost is O(n log n + m).
+fn all_deleted(deletes: &IdSet, deleted: &IdSet) -> bool {
+    deletes.iter().all(|(client, ranges)| {
+        let mut wanted: Vec<Range<u32>> =
+            ranges.iter().filter(|r| !r.is_empty()).cloned().collect();
+        if wanted.is_empty() {
+            return true;
+        }
+        let Some(have) = deleted.get(client) else {
+            return false;
+        };
+        wanted.sort_unstable_by_key(|r| r.start);
+        let mut have = have.iter().map(|(r, ())| r).peekable();
+        let mut wanted = wanted.into_iter().peekable();
+        while let Some(mut w) = wanted.next() {
+            // Coalesce overlapping and adjacent wanted ranges.
+            while let Some(next) = wanted.next_if(|n| n.start <= w.end) {
+                w.end = w.end.max(next.end);
+            }
+            let mut covered_to = w.start;
+            while covered_to < w.end {
+                let Some(h) = have.peek() else {
+                    return false;
+                };
+                if h.end <= covered_to {
+                    have.next();
+                } else if h.start > covered_to {
+                    return false;
+                } else {
+                    covered_to = h.end;
+                    if covered_to < w.end {
+                        have.next();
+                    }
+                }
+            }
+        }
+        true
     })
 }
 
@@ -323,6 +367,52 @@ impl RoomDoc {
         if let Some(states) = states {
             let _ = self.awareness.apply_update(states);
         }
+    }
+
+    /// Whether applying `update` would change the document: it holds a block the document
+    /// lacks, or deletes a clock range the document has not deleted.
+    ///
+    /// Used to refuse edits from read-only connections while letting through the SyncStep2
+    /// every official client sends on connect: Yjs's `encodeStateAsUpdate` always carries the
+    /// sender's whole delete set, so a client whose document equals (or trails) the room's
+    /// sends no blocks the room lacks and only deletions the room already has.
+    ///
+    /// Conservative: an update with a gap (which [`RoomDoc::apply_update`] would hold back),
+    /// a deletion of clocks the document does not hold yet, or bytes `yrs` fails to decode
+    /// all count as a change. Cost: O(the update's runs) when it brings a new block; otherwise
+    /// the update is decoded and, if it deletes anything, compared range by range with the
+    /// document's delete set, which takes one walk over the document's blocks.
+    pub fn would_change(&self, update: &UpdateV1) -> bool {
+        let brings_blocks = update
+            .runs()
+            .iter()
+            .any(|run| run.end > self.clocks.get(&run.client).copied().unwrap_or(0));
+        if brings_blocks {
+            return true;
+        }
+        let Ok(decoded) = Update::decode_v1(update.as_bytes()) else {
+            return true;
+        };
+        let deletes = decoded.delete_set();
+        if deletes.iter().all(|(_, ranges)| ranges.is_empty()) {
+            return false;
+        }
+        // A deletion past the document's clock cannot be covered: skip the walk.
+        let past_clock = deletes.iter().any(|(client, ranges)| {
+            let clock = self.clocks.get(&client.get()).copied().unwrap_or(0);
+            ranges.iter().any(|r| r.end > clock)
+        });
+        if past_clock {
+            return true;
+        }
+        let deleted = self.doc().transact().snapshot().delete_set;
+        !all_deleted(deletes, &deleted)
+    }
+
+    /// The document as JSON, one entry per root type; see [`crate::json`] for how each
+    /// type is rendered.
+    pub fn to_json(&self) -> serde_json::Value {
+        crate::json::doc_to_json(self.doc())
     }
 
     /// The document's state vector, v1-encoded.

@@ -2,12 +2,13 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use bytes::Bytes;
+use proptest::prelude::*;
 use yrelay_doc::codec::{AwarenessUpdateV1, StateVectorV1, UpdateV1};
 use yrelay_doc::{RoomDoc, ValidateLimits};
 use yrs::sync::Awareness;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
+use yrs::{Doc, GetString, Map, ReadTxn, StateVector, Text, Transact, Update};
 
 /// What the room emitted for one accepted update (asserting nothing was refused and at most
 /// one transaction ran).
@@ -342,4 +343,247 @@ fn outdated_awareness_is_reported() {
         .as_millis() as u64;
     assert!(room.outdated_awareness(now, 30_000).is_empty());
     assert_eq!(room.outdated_awareness(now + 30_000, 30_000), vec![5]);
+}
+
+// `would_change`: a read-only connection's no-op SyncStep2 must pass, any real edit must not.
+
+/// A client that typed "hello world", deleted "o w" and set a map key, in three transactions;
+/// returns it with its updates.
+fn edited_client() -> (Doc, Vec<Vec<u8>>) {
+    let doc = Doc::with_client_id(11);
+    let t = doc.get_or_insert_text("t");
+    let m = doc.get_or_insert_map("m");
+    let mut updates = Vec::new();
+    for step in 0..3 {
+        let mut txn = doc.transact_mut();
+        match step {
+            0 => t.insert(&mut txn, 0, "hello world"),
+            1 => t.remove_range(&mut txn, 4, 3),
+            _ => {
+                m.insert(&mut txn, "k", 1i64);
+            }
+        }
+        updates.push(txn.encode_update_v1());
+    }
+    (doc, updates)
+}
+
+fn full_state_of(doc: &Doc) -> Vec<u8> {
+    doc.transact()
+        .encode_state_as_update_v1(&StateVector::default())
+}
+
+#[test]
+fn would_change_ignores_what_the_room_already_has() {
+    let (client, updates) = edited_client();
+    let mut room = RoomDoc::new();
+    for u in &updates {
+        ok(room.apply_update(&upd(u.clone()), 1));
+    }
+    // The empty update.
+    assert!(!room.would_change(&raw(&[0, 0])));
+    // The client's whole state, deletions included, and every update it sent.
+    assert!(!room.would_change(&upd(full_state_of(&client))));
+    for u in &updates {
+        assert!(!room.would_change(&upd(u.clone())));
+    }
+    // What an official client sends as SyncStep2: its state beyond the room's state vector,
+    // with its whole delete set (no blocks, known deletions).
+    let room_sv = StateVector::decode_v1(&room.state_vector()).unwrap();
+    let step2 = client.transact().encode_state_as_update_v1(&room_sv);
+    assert!(!room.would_change(&upd(step2)));
+}
+
+#[test]
+fn would_change_ignores_a_viewer_that_is_behind() {
+    let (_, updates) = edited_client();
+    let mut room = RoomDoc::new();
+    for u in &updates {
+        ok(room.apply_update(&upd(u.clone()), 1));
+    }
+    // A viewer that only has the first update (no deletions) and one that has the first two.
+    for known in 1..=2 {
+        let viewer = Doc::with_client_id(12);
+        for u in &updates[..known] {
+            viewer
+                .transact_mut()
+                .apply_update(Update::decode_v1(u).unwrap())
+                .unwrap();
+        }
+        let room_sv = StateVector::decode_v1(&room.state_vector()).unwrap();
+        let step2 = viewer.transact().encode_state_as_update_v1(&room_sv);
+        assert!(!room.would_change(&upd(step2)), "viewer with {known}");
+        // A diff against an older state vector, which the room already has.
+        let old_sv = viewer.transact().state_vector();
+        let diff = room.diff_sv(&StateVector::default());
+        assert!(!room.would_change(&upd(diff)));
+        let partial = room.diff_sv(&old_sv);
+        assert!(!room.would_change(&upd(partial)));
+    }
+}
+
+#[test]
+fn would_change_sees_new_blocks_and_new_deletions() {
+    let (client, updates) = edited_client();
+    let mut room = RoomDoc::new();
+    for u in &updates {
+        ok(room.apply_update(&upd(u.clone()), 1));
+    }
+    let t = client.get_or_insert_text("t");
+    // A new insertion.
+    let insertion = {
+        let mut txn = client.transact_mut();
+        t.insert(&mut txn, 0, "!");
+        txn.encode_update_v1()
+    };
+    assert!(room.would_change(&upd(insertion.clone())));
+    ok(room.apply_update(&upd(insertion), 1));
+    // A deletion of text the room has and has not deleted: no block, one new delete range.
+    let deletion = {
+        let mut txn = client.transact_mut();
+        t.remove_range(&mut txn, 1, 2);
+        txn.encode_update_v1()
+    };
+    assert_eq!(deletion[0], 0, "a pure deletion carries no blocks");
+    assert!(room.would_change(&upd(deletion.clone())));
+    // The client's full state now holds that deletion too.
+    assert!(room.would_change(&upd(full_state_of(&client))));
+    ok(room.apply_update(&upd(deletion.clone()), 1));
+    assert!(!room.would_change(&upd(deletion)));
+    assert!(!room.would_change(&upd(full_state_of(&client))));
+    // Client 11's clocks: 0..11 "hello world", 11 the map entry, 12 "!"; deleted are 0..2
+    // ("he", just now) and 4..7 ("o w"). A deletion partly covered is still a change.
+    assert!(room.would_change(&raw(&[0, 1, 11, 1, 3, 5])));
+    assert!(!room.would_change(&raw(&[0, 1, 11, 2, 0, 2, 4, 3])));
+    assert!(!room.would_change(&raw(&[0, 1, 11, 1, 4, 3])));
+    // Deletions of clocks the room does not hold yet.
+    assert!(room.would_change(&raw(&[0, 1, 11, 1, 100, 1])));
+    assert!(room.would_change(&raw(&[0, 1, 99, 1, 0, 1])));
+}
+
+#[test]
+fn would_change_walks_unsorted_overlapping_ranges() {
+    // Client 1 typed 10 characters; the room deleted 2..4 and 6..9.
+    let doc = Doc::with_client_id(1);
+    let t = doc.get_or_insert_text("t");
+    t.insert(&mut doc.transact_mut(), 0, "0123456789");
+    t.remove_range(&mut doc.transact_mut(), 6, 3);
+    t.remove_range(&mut doc.transact_mut(), 2, 2);
+    let mut room = RoomDoc::new();
+    ok(room.apply_update(&upd(full_state_of(&doc)), 1));
+    // Hand-written delete sets: [0 clients][1 client: 1][n ranges][clock len]...
+    let ds = |ranges: &[(u8, u8)]| {
+        let mut b = vec![0, 1, 1, ranges.len() as u8];
+        for &(clock, len) in ranges {
+            b.extend_from_slice(&[clock, len]);
+        }
+        raw(&b)
+    };
+    assert!(!room.would_change(&ds(&[(6, 3), (2, 2)])));
+    assert!(!room.would_change(&ds(&[(7, 1), (2, 1), (6, 2), (3, 1), (6, 3)])));
+    assert!(room.would_change(&ds(&[(6, 3), (2, 3)])));
+    assert!(room.would_change(&ds(&[(2, 2), (5, 2)])));
+    assert!(room.would_change(&ds(&[(6, 3), (2, 2), (0, 1)])));
+    // Adjacent ranges that span two deleted runs with a live clock between them.
+    assert!(room.would_change(&ds(&[(2, 2), (4, 2), (6, 3)])));
+}
+
+#[test]
+fn would_change_counts_a_held_back_update() {
+    let (first, second) = two_updates();
+    let mut room = RoomDoc::new();
+    let gapped = upd(second);
+    assert!(room.would_change(&gapped));
+    assert_eq!(ok(room.apply_update(&gapped, 1)), None);
+    assert!(room.pending_bytes() > 0);
+    // Still a change while it waits: the document does not hold it.
+    assert!(room.would_change(&gapped));
+    let applied = room.apply_update(&upd(first), 1);
+    assert!(applied.refused.is_empty());
+    assert_eq!(room.pending_bytes(), 0);
+    assert!(!room.would_change(&gapped));
+}
+
+/// Whether applying `update` to a copy of `room` changes anything: emits a transaction or
+/// holds the update back.
+fn changes_a_copy(room: &RoomDoc, update: &UpdateV1) -> bool {
+    let mut copy = RoomDoc::new();
+    let applied = copy.apply_update(&upd(room.encode_state()), 0);
+    assert!(applied.refused.is_empty());
+    let applied = copy.apply_update(update, 1);
+    assert!(applied.refused.is_empty(), "{:?}", applied.refused);
+    !applied.emitted.is_empty() || copy.pending_bytes() > 0
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// Client `.0` edits: insert at / delete at `.1` (by `.2`), or sets a map key.
+    Edit(usize, u32, u8),
+    /// The room receives client `.0`'s next unsent update.
+    Deliver(usize),
+    /// Client `.0` pulls everything from the room.
+    Pull(usize),
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Against an oracle (apply to a copy and look): `would_change` is exact for what honest
+    /// clients send — their incremental updates and their SyncStep2 — however far ahead of or
+    /// behind the room they are.
+    #[test]
+    fn would_change_matches_applying_to_a_copy(steps in proptest::collection::vec(
+        prop_oneof![
+            3 => (0..3usize, 0..40u32, 0..3u8).prop_map(|(c, at, k)| Step::Edit(c, at, k)),
+            2 => (0..3usize).prop_map(Step::Deliver),
+            1 => (0..3usize).prop_map(Step::Pull),
+        ],
+        1..40,
+    )) {
+        let clients: Vec<Doc> = (1..=3u64).map(Doc::with_client_id).collect();
+        let mut outbox: Vec<std::collections::VecDeque<Vec<u8>>> = vec![Default::default(); 3];
+        let mut room = RoomDoc::new();
+        for step in &steps {
+            match *step {
+                Step::Edit(c, at, kind) => {
+                    let doc = &clients[c];
+                    let t = doc.get_or_insert_text("t");
+                    let m = doc.get_or_insert_map("m");
+                    let mut txn = doc.transact_mut();
+                    let len = t.len(&txn);
+                    match kind {
+                        0 => t.insert(&mut txn, at % (len + 1), "ab"),
+                        1 if len > 0 => t.remove_range(&mut txn, at % len, 1.min(len - at % len)),
+                        _ => {
+                            m.insert(&mut txn, format!("k{}", at % 3), at);
+                        }
+                    }
+                    let u = txn.encode_update_v1();
+                    drop(txn);
+                    outbox[c].push_back(u);
+                }
+                Step::Deliver(c) => {
+                    if let Some(u) = outbox[c].pop_front() {
+                        let u = upd(u);
+                        prop_assert_eq!(room.would_change(&u), changes_a_copy(&room, &u));
+                        let applied = room.apply_update(&u, 1);
+                        prop_assert!(applied.refused.is_empty());
+                    }
+                }
+                Step::Pull(c) => {
+                    let sv = clients[c].transact().state_vector();
+                    let diff = room.diff_sv(&sv);
+                    clients[c]
+                        .transact_mut()
+                        .apply_update(Update::decode_v1(&diff).unwrap())
+                        .unwrap();
+                }
+            }
+            let room_sv = StateVector::decode_v1(&room.state_vector()).unwrap();
+            for client in &clients {
+                let step2 = upd(client.transact().encode_state_as_update_v1(&room_sv));
+                prop_assert_eq!(room.would_change(&step2), changes_a_copy(&room, &step2));
+            }
+        }
+    }
 }
