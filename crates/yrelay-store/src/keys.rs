@@ -5,6 +5,8 @@ use crate::{Result, StoreError};
 
 /// The format marker's key; its value is the format version.
 pub(crate) const FORMAT_KEY: &[u8] = b"F";
+/// The health probe's key; its value is the time of the last probe.
+pub(crate) const HEALTH_KEY: &[u8] = b"H";
 /// Tag of room metadata keys.
 pub(crate) const META: u8 = b'm';
 const SNAPSHOT: u8 = b's';

@@ -53,6 +53,7 @@
 //!  key                            value (rmp-serde, named fields; bytes as msgpack bin)
 //!  ─────────────────────────────  ──────────────────────────────────────────────────────
 //!  'F'                            format version: u32 (1); checked on open
+//!  'H'                            health probe: u64 ms of the last `check` (see Store::check)
 //!  'm' ‖ room(r)                  RoomMeta { live, next_seq, last_change_ms, snapshot_seq,
 //!                                            snapshot_bytes, tail_entries, tail_bytes,
 //!                                            next_version_id }
@@ -244,4 +245,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Audit records with seq > `after` (None: from the start), oldest first, at most `limit`.
     fn audit(&self, room: &str, after: Option<Seq>, limit: usize) -> Result<Vec<AuditRecord>>;
+
+    /// Proves the store can still write durably (readiness probe): writes a small probe
+    /// record and flushes it.
+    fn check(&self) -> Result<()>;
 }

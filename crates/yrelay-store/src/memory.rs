@@ -103,6 +103,10 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
+
     fn delete_room(&self, room: &str) -> Result<()> {
         let mut rooms = self.rooms();
         if let Some(r) = rooms.get_mut(room) {

@@ -253,6 +253,15 @@ impl Store for SledStore {
         Ok(rooms)
     }
 
+    fn check(&self) -> Result<()> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.tree.insert(keys::HEALTH_KEY, &now.to_be_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     fn delete_room(&self, room: &str) -> Result<()> {
         let keys = RoomKeys::new(room)?;
         let _room = self.locks.lock(room);
