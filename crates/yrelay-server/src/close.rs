@@ -9,8 +9,10 @@
 //! | 1008 | a per-connection limit was passed (e.g. too many awareness client IDs) |
 //! | 1009 | a message larger than `limits.max_message_bytes` |
 //! | 1011 | an internal error |
-//! | 1013 | slow consumer: the outbound queue overflowed; reconnect and resync |
+//! | 1013 | slow consumer: the outbound queue overflowed, or the server is too busy to decode a large message in time; reconnect and resync |
 //! | 4000 | ping timeout: nothing received for `ping_interval + pong_timeout` |
+//! | 4401 | the connection's token expired (reconnect with a fresh token) |
+//! | 4404 | the room was deleted by an administrator |
 //!
 //! The official client reconnects after any close and resyncs by state vector, so none of
 //! these loses an update.
@@ -37,6 +39,10 @@ pub const INTERNAL_ERROR: u16 = 1011;
 pub const TRY_AGAIN_LATER: u16 = 1013;
 /// No sign of life from the peer.
 pub const PING_TIMEOUT: u16 = 4000;
+/// The token the connection was opened with expired.
+pub const TOKEN_EXPIRED: u16 = 4401;
+/// The room was deleted.
+pub const ROOM_DELETED: u16 = 4404;
 
 /// A close code with its reason text (at most 123 bytes, as RFC 6455 allows).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,10 +51,12 @@ pub struct CloseReason {
     pub code: u16,
     /// Human-readable reason.
     pub reason: Cow<'static, str>,
+    /// A stable label for metrics.
+    label: &'static str,
 }
 
 impl CloseReason {
-    fn new(code: u16, reason: impl Into<Cow<'static, str>>) -> Self {
+    fn new(code: u16, label: &'static str, reason: impl Into<Cow<'static, str>>) -> Self {
         let mut reason = reason.into();
         if reason.len() > 123 {
             let mut cut = 123;
@@ -57,21 +65,26 @@ impl CloseReason {
             }
             reason = Cow::Owned(reason[..cut].to_owned());
         }
-        Self { code, reason }
+        Self {
+            code,
+            reason,
+            label,
+        }
     }
 
     /// Normal closure.
     pub fn normal() -> Self {
-        Self::new(NORMAL, "")
+        Self::new(NORMAL, "normal", "")
     }
     /// The server is shutting down.
     pub fn shutdown() -> Self {
-        Self::new(GOING_AWAY, "server shutting down")
+        Self::new(GOING_AWAY, "shutdown", "server shutting down")
     }
     /// A text frame arrived.
     pub fn text_frame() -> Self {
         Self::new(
             UNSUPPORTED_DATA,
+            "text_frame",
             "text frames are not supported: binary y-protocols only",
         )
     }
@@ -79,6 +92,7 @@ impl CloseReason {
     pub fn too_big(limit: usize) -> Self {
         Self::new(
             MESSAGE_TOO_BIG,
+            "too_big",
             format!("message larger than {limit} bytes"),
         )
     }
@@ -86,48 +100,60 @@ impl CloseReason {
     pub fn slow_consumer() -> Self {
         Self::new(
             TRY_AGAIN_LATER,
+            "slow_consumer",
             "slow consumer: outbound queue full, reconnect to resync",
         )
     }
     /// Nothing arrived from the peer in time.
     pub fn ping_timeout() -> Self {
-        Self::new(PING_TIMEOUT, "ping timeout")
+        Self::new(PING_TIMEOUT, "ping_timeout", "ping timeout")
     }
     /// A malformed message.
     pub fn protocol(err: &ProtocolError) -> Self {
-        Self::new(INVALID_PAYLOAD, format!("malformed message: {err}"))
+        Self::new(
+            INVALID_PAYLOAD,
+            "malformed",
+            format!("malformed message: {err}"),
+        )
     }
     /// The document refused an update.
     pub fn refused(err: &DocError) -> Self {
         match err {
-            DocError::Panicked => Self::new(INTERNAL_ERROR, err.to_string()),
-            _ => Self::new(INVALID_PAYLOAD, err.to_string()),
+            DocError::Panicked => Self::new(INTERNAL_ERROR, "internal", err.to_string()),
+            _ => Self::new(INVALID_PAYLOAD, "refused_update", err.to_string()),
         }
     }
     /// A connection spoke for more awareness client IDs than allowed.
     pub fn too_many_awareness_clients(cap: usize) -> Self {
         Self::new(
             POLICY_VIOLATION,
+            "awareness_clients",
             format!("more than {cap} awareness client ids on one connection"),
         )
     }
     /// Something failed inside the server.
     pub fn internal(what: &'static str) -> Self {
-        Self::new(INTERNAL_ERROR, what)
+        Self::new(INTERNAL_ERROR, "internal", what)
+    }
+    /// The server is too busy to decode a large message in time.
+    pub fn busy() -> Self {
+        Self::new(
+            TRY_AGAIN_LATER,
+            "busy",
+            "server busy decoding large messages; reconnect later",
+        )
+    }
+    /// The connection's token expired.
+    pub fn token_expired() -> Self {
+        Self::new(TOKEN_EXPIRED, "token_expired", "token expired")
+    }
+    /// The room was deleted.
+    pub fn room_deleted() -> Self {
+        Self::new(ROOM_DELETED, "room_deleted", "room deleted")
     }
     /// A stable label for metrics.
     pub fn label(&self) -> &'static str {
-        match self.code {
-            NORMAL => "normal",
-            GOING_AWAY => "shutdown",
-            UNSUPPORTED_DATA => "text_frame",
-            INVALID_PAYLOAD => "invalid_payload",
-            MESSAGE_TOO_BIG => "too_big",
-            POLICY_VIOLATION => "policy",
-            TRY_AGAIN_LATER => "slow_consumer",
-            PING_TIMEOUT => "ping_timeout",
-            _ => "internal",
-        }
+        self.label
     }
 }
 
@@ -137,7 +163,7 @@ mod tests {
 
     #[test]
     fn reasons_fit_in_a_close_frame() {
-        let long = CloseReason::new(1007, "é".repeat(200));
+        let long = CloseReason::new(1007, "test", "é".repeat(200));
         assert!(long.reason.len() <= 123);
         assert!(long.reason.chars().all(|c| c == 'é'));
     }

@@ -21,6 +21,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Directory for the server's data. Created at start if missing. Default `./yrelay-data`.
     pub data_dir: PathBuf,
+    /// A second, plain-HTTP address serving only `/metrics`, `/healthz` and `/readyz`, so
+    /// metrics need not be public. When set, the main address no longer serves `/metrics`.
+    pub metrics_listen: Option<SocketAddr>,
     /// PEM certificate chain; with `tls_key`, the server speaks `wss://` (rustls).
     pub tls_cert: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `tls_cert`.
@@ -31,6 +34,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Durability, compaction and versions.
     pub persistence: Persistence,
+    /// Tokens, roles and the admin key.
+    pub auth: crate::auth::AuthSettings,
 }
 
 impl Default for Config {
@@ -38,11 +43,13 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 1234)),
             data_dir: PathBuf::from("yrelay-data"),
+            metrics_listen: None,
             tls_cert: None,
             tls_key: None,
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             persistence: Persistence::default(),
+            auth: crate::auth::AuthSettings::default(),
         }
     }
 }
@@ -75,6 +82,28 @@ pub struct Limits {
     /// Awareness client IDs one connection may speak for (the official client uses one per
     /// document). Passing it closes the connection with 1008. Default 16.
     pub max_awareness_clients_per_conn: usize,
+    /// Largest HTTP request body (REST `POST .../update` and JSON bodies); larger bodies get
+    /// HTTP 413. Default 32 MiB.
+    pub max_http_body_bytes: usize,
+    /// Largest stored size of one document (snapshot plus log since), in bytes. An update
+    /// that would pass it is not applied: the sender gets an auth `permission denied` message
+    /// (WebSocket) or HTTP 413 (REST). Default 256 MiB.
+    pub max_document_bytes: usize,
+    /// Connections one room may have at once; more get HTTP 429 at the upgrade. Default 5000.
+    pub max_connections_per_room: usize,
+    /// Connections one client IP address may have open at once; more get HTTP 429. Behind a
+    /// reverse proxy every client has the proxy's address: raise this or set 0 (no limit).
+    /// Default 1000.
+    pub max_connections_per_ip: usize,
+    /// Messages per second one connection may send, on average (token bucket); past it the
+    /// server stops reading from that connection until the bucket refills, so a flood slows
+    /// only its sender. 0: no limit. Default 200.
+    pub messages_per_second: u32,
+    /// Messages a connection may send in a burst above `messages_per_second`. Default 2000.
+    pub message_burst: u32,
+    /// Messages of 64 KiB or more decoded at once, server-wide; a connection waits up to
+    /// `timeouts.write_ms` for a turn, then is closed with 1013. Default 16.
+    pub max_concurrent_decodes: usize,
 }
 
 impl Default for Limits {
@@ -88,6 +117,13 @@ impl Default for Limits {
             room_inbox_bytes: 64 << 20,
             max_nesting_depth: 64,
             max_awareness_clients_per_conn: 16,
+            max_http_body_bytes: 32 << 20,
+            max_document_bytes: 256 << 20,
+            max_connections_per_room: 5000,
+            max_connections_per_ip: 1000,
+            messages_per_second: 200,
+            message_burst: 2000,
+            max_concurrent_decodes: 16,
         }
     }
 }
@@ -161,6 +197,10 @@ pub struct Timeouts {
     pub http_header_ms: u64,
     /// How long shutdown waits for connections to close and rooms to finish. Default 10 000.
     pub shutdown_ms: u64,
+    /// On shutdown, how long the server first keeps everything running while `/readyz`
+    /// answers 503 and new WebSocket upgrades are refused, so a load balancer stops sending
+    /// new clients before connections are closed. Default 0 (Kubernetes: a few seconds).
+    pub shutdown_drain_ms: u64,
     /// Time allowed for a TLS handshake. Default 10 000.
     pub tls_handshake_ms: u64,
 }
@@ -176,6 +216,7 @@ impl Default for Timeouts {
             write_ms: 10_000,
             http_header_ms: 10_000,
             shutdown_ms: 10_000,
+            shutdown_drain_ms: 0,
             tls_handshake_ms: 10_000,
         }
     }
@@ -209,6 +250,10 @@ impl Timeouts {
     /// [`Timeouts::shutdown_ms`] as a duration.
     pub fn shutdown(&self) -> Duration {
         Duration::from_millis(self.shutdown_ms)
+    }
+    /// [`Timeouts::shutdown_drain_ms`] as a duration.
+    pub fn shutdown_drain(&self) -> Duration {
+        Duration::from_millis(self.shutdown_drain_ms)
     }
     /// [`Timeouts::tls_handshake_ms`] as a duration.
     pub fn tls_handshake(&self) -> Duration {
@@ -281,8 +326,30 @@ impl Config {
         if l.outbound_queue_bytes < l.max_message_bytes {
             return bad("limits.outbound_queue_bytes must be at least limits.max_message_bytes");
         }
+        if l.max_http_body_bytes < 1024 || l.max_document_bytes < 1024 {
+            return bad(
+                "limits.max_http_body_bytes and limits.max_document_bytes must be at least 1024",
+            );
+        }
+        if l.max_connections_per_room == 0 || l.max_concurrent_decodes == 0 {
+            return bad("limits.max_connections_per_room and limits.max_concurrent_decodes must be at least 1");
+        }
+        if l.messages_per_second > 0 && l.message_burst == 0 {
+            return bad("limits.message_burst must be at least 1 when messages_per_second is set");
+        }
         if l.max_nesting_depth == 0 {
             return bad("limits.max_nesting_depth must be at least 1");
+        }
+        if !self.auth.jwt_enabled()
+            && !self.listen.ip().is_loopback()
+            && !self.auth.allow_unauthenticated
+        {
+            return Err(ConfigError::Invalid(format!(
+                "refusing to listen on {} without authentication: set a JWT secret \
+                 (YRELAY_JWT_SECRET) or public key (--jwt-public-key), or pass \
+                 --allow-unauthenticated for development",
+                self.listen
+            )));
         }
         let p = &self.persistence;
         if p.flush_interval_ms == 0 || p.flush_interval_ms > 60_000 {
@@ -306,6 +373,7 @@ impl Config {
             ("write_ms", t.write_ms),
             ("http_header_ms", t.http_header_ms),
             ("shutdown_ms", t.shutdown_ms),
+            ("shutdown_drain_ms", t.shutdown_drain_ms),
             ("tls_handshake_ms", t.tls_handshake_ms),
         ] {
             if value > MAX_TIMEOUT_MS {
@@ -313,7 +381,7 @@ impl Config {
                     "timeouts.{name} must be at most {MAX_TIMEOUT_MS} (30 days)"
                 )));
             }
-            if value == 0 && name != "room_idle_ms" {
+            if value == 0 && name != "room_idle_ms" && name != "shutdown_drain_ms" {
                 return Err(ConfigError::Invalid(format!(
                     "timeouts.{name} must be above 0"
                 )));

@@ -17,15 +17,17 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use yrelay_doc::codec::KEEPALIVE_FRAME;
 use yrelay_doc::{decode_client_message, ClientMessage, ValidateLimits};
 
+use crate::auth::Identity;
 use crate::close::CloseReason;
 use crate::config::Config;
+use crate::limits::{self, TokenBucket};
 use crate::room::{ConnControl, ConnId, JoinError, Registry, RoomCmd, Subscriber};
 
 /// A frame received from the peer.
@@ -76,9 +78,21 @@ pub struct ConnContext {
     pub shutdown: CancellationToken,
     /// The peer's address, for logs and the audit trail.
     pub peer: Arc<str>,
+    /// Who the connection is (token subject and role), as authorized at the upgrade.
+    pub identity: Identity,
+    /// The server-wide budget of large decodes (`limits.max_concurrent_decodes`).
+    pub decodes: Arc<Semaphore>,
 }
 
+/// Messages at least this large take a turn from [`ConnContext::decodes`] to be decoded.
+pub const LARGE_MESSAGE_BYTES: usize = 64 * 1024;
+
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh connection ID (also used to name other sources of updates, such as REST calls).
+pub fn next_conn_id() -> ConnId {
+    NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed)
+}
 
 /// Serves one connection to `room` until it ends.
 pub async fn serve<St, Si>(room: Arc<str>, stream: St, sink: Si, ctx: ConnContext)
@@ -86,7 +100,7 @@ where
     St: Stream<Item = Result<Incoming, ReadError>> + Unpin,
     Si: Sink<Outgoing> + Unpin,
 {
-    let id: ConnId = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
+    let id = next_conn_id();
     let limits = &ctx.config.limits;
     let (tx, rx) = mpsc::channel(limits.outbound_queue_frames);
     let control = Arc::new(ConnControl::child_of(&ctx.shutdown));
@@ -96,12 +110,15 @@ where
         queued_bytes: Arc::new(AtomicUsize::new(0)),
         control: Arc::clone(&control),
         origin: Arc::clone(&ctx.peer),
+        subject: Arc::clone(&ctx.identity.subject),
+        role: ctx.identity.role,
     };
     let queued = Arc::clone(&sub.queued_bytes);
     let started = Instant::now();
     let last_seen = Arc::new(AtomicU64::new(0));
 
     metrics::gauge!("yrelay_connections").increment(1.0);
+    metrics::counter!("yrelay_connections_opened_total").increment(1);
     match ctx.registry.join(&room, sub).await {
         Ok(handle) => {
             let reader = read_loop(id, stream, &handle, &control, &ctx, started, &last_seen);
@@ -134,6 +151,29 @@ where
     metrics::gauge!("yrelay_connections").decrement(1.0);
 }
 
+/// When a connection authorized with `identity` must end: its token's expiry plus the
+/// tolerated clock skew. `None` without a token.
+fn token_deadline(identity: &Identity, leeway_secs: u64) -> Option<Instant> {
+    let expires = identity.expires_at?.saturating_add(leeway_secs);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let left = std::time::Duration::from_secs(expires.saturating_sub(now));
+    Some(
+        Instant::now()
+            + left.min(std::time::Duration::from_secs(
+                crate::config::MAX_TIMEOUT_MS / 1000,
+            )),
+    )
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn millis_since(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
@@ -152,9 +192,19 @@ async fn read_loop<St>(
     let validate = ValidateLimits {
         max_depth: ctx.config.limits.max_nesting_depth,
     };
+    let expiry = token_deadline(&ctx.identity, ctx.config.auth.leeway_secs);
+    let mut bucket = TokenBucket::new(
+        ctx.config.limits.messages_per_second,
+        ctx.config.limits.message_burst,
+    );
     loop {
         let item = tokio::select! {
             () = control.cancel.cancelled() => return,
+            () = sleep_until_opt(expiry) => {
+                metrics::counter!("yrelay_auth_refusals_total", "reason" => "expired_in_session").increment(1);
+                control.close(CloseReason::token_expired());
+                return;
+            }
             item = stream.next() => item,
         };
         last_seen.store(millis_since(started), Ordering::Relaxed);
@@ -180,6 +230,34 @@ async fn read_loop<St>(
             Some(Ok(Incoming::Binary(frame))) => frame,
         };
         metrics::counter!("yrelay_bytes_received_total").increment(frame.len() as u64);
+        // Past the rate, stop reading for a while: the flood backs up in the sender's own TCP
+        // connection and nobody else waits.
+        if let Some(wait) = bucket.as_mut().and_then(TokenBucket::take) {
+            limits::refused("messages_per_second");
+            tokio::select! {
+                () = control.cancel.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        let decode_turn = if frame.len() >= LARGE_MESSAGE_BYTES {
+            let turn = tokio::select! {
+                () = control.cancel.cancelled() => return,
+                turn = tokio::time::timeout(
+                    ctx.config.timeouts.write(),
+                    Arc::clone(&ctx.decodes).acquire_owned(),
+                ) => turn,
+            };
+            match turn {
+                Ok(Ok(permit)) => Some(permit),
+                _ => {
+                    limits::refused("concurrent_decodes");
+                    control.close(CloseReason::busy());
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         let msg = match decode_client_message(&frame, &validate) {
             Ok(msg) => msg,
             Err(err) => {
@@ -190,6 +268,7 @@ async fn read_loop<St>(
                 return;
             }
         };
+        drop(decode_turn);
         metrics::counter!("yrelay_messages_received_total", "type" => msg.kind()).increment(1);
         if let ClientMessage::Unknown(t) = msg {
             debug!(conn = id, message_type = t, "ignoring unknown message type");
@@ -327,15 +406,18 @@ where
 {
     const MAX_BATCH: usize = 256;
     let mut written = first.len();
+    let mut frames = 1u64;
     sink.feed(Outgoing::Binary(first)).await?;
     for _ in 1..MAX_BATCH {
         let Ok(frame) = rx.try_recv() else { break };
         written += frame.len();
+        frames += 1;
         sink.feed(Outgoing::Binary(frame)).await?;
     }
     let flushed = sink.flush().await;
     queued.fetch_sub(written, Ordering::AcqRel);
     metrics::counter!("yrelay_bytes_sent_total").increment(written as u64);
+    metrics::counter!("yrelay_messages_sent_total").increment(frames);
     flushed
 }
 
@@ -391,6 +473,8 @@ mod tests {
             config,
             shutdown: shutdown.clone(),
             peer: Arc::from("test"),
+            identity: Identity::anonymous_owner(),
+            decodes: Arc::new(Semaphore::new(1)),
         };
         let task = tokio::spawn(serve(
             Arc::from("room"),

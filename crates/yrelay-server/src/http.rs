@@ -1,31 +1,31 @@
 //! The warp adapter: routes, and the bridge between warp's WebSocket and [`crate::conn`].
 //!
-//! This is the only module that knows about warp.
+//! This module and [`crate::api`] (the REST routes) are the only ones that know about warp.
 //!
 //! | route | answer |
 //! |---|---|
 //! | WebSocket upgrade on `/<room>` (any path) | y-websocket protocol for the percent-decoded room name |
 //! | `GET /healthz` | `200 ok` while the process serves |
-//! | `GET /v1/rooms/{room}/versions` | JSON list of versions, newest first |
-//! | `POST /v1/rooms/{room}/versions` | save a named version (JSON body `{"label": "..."}`, optional) → 201 |
-//! | `GET /v1/rooms/{room}/versions/{id}` | the version's state as a v1 update (`application/octet-stream`) |
-//! | `POST /v1/rooms/{room}/versions/{id}/restore` | make the document equal to that version, as a new edit |
-//! | `GET /v1/rooms/{room}/audit?after=SEQ&limit=N` | who changed what, when, how much (oldest first) |
-//! | anything else | `404`, or `400` with the reason for an unusable room name |
+//! | `/v1/...` | the REST API ([`crate::api`]) |
+//! | anything else | `404` |
 //!
 //! A WebSocket upgrade is matched before anything else, so a room may be called `healthz`.
+//! Before upgrading, [`upgrade`] checks, in order: shutdown (503), the room name (400), the
+//! token (401/403), connections per client address and per room (429).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
 use percent_encoding::percent_decode_str;
+use tracing::debug;
 use warp::filters::path::FullPath;
 use warp::filters::ws::{Message, WebSocket, Ws};
-use warp::http::StatusCode;
+use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Reply;
 use warp::Filter;
 
+use crate::auth::{find_token, FoundToken, Identity, TokenSource};
 use crate::conn::{self, ConnContext, Incoming, Outgoing, ReadError};
 use crate::server::AppState;
 
@@ -75,232 +75,140 @@ pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone {
     let api_state = Arc::clone(&state);
+    let state_for_metrics = Arc::clone(&state);
     let with_state = warp::any().map(move || Arc::clone(&state));
 
     let ws = warp::path::full()
         .and(warp::ws())
         .and(warp::ext::optional::<PeerAddr>())
+        .and(warp::header::headers_cloned())
+        .and(
+            warp::query::raw()
+                .map(Some)
+                .or(warp::any().map(|| None))
+                .unify(),
+        )
         .and(with_state)
         .map(
-            |path: FullPath, ws: Ws, peer: Option<PeerAddr>, state: Arc<AppState>| {
-                upgrade(path, ws, peer, state)
+            |path: FullPath,
+             ws: Ws,
+             peer: Option<PeerAddr>,
+             headers: HeaderMap,
+             query: Option<String>,
+             state: Arc<AppState>| {
+                upgrade(&path, ws, peer, &headers, query.as_deref(), state)
             },
         );
 
-    let healthz = warp::get()
-        .and(warp::path("healthz"))
-        .and(warp::path::end())
-        .map(|| warp::reply::with_status("ok\n", StatusCode::OK).into_response());
+    let metrics_here = state_for_metrics.config.metrics_listen.is_none();
+    let probes = probe_routes(Arc::clone(&state_for_metrics));
+    let metrics = metrics_route()
+        .and(warp::any().map(move || metrics_here))
+        .and_then(|reply: warp::reply::Response, here: bool| async move {
+            if here {
+                Ok(reply)
+            } else {
+                Err(warp::reject::not_found())
+            }
+        });
 
     let fallback = warp::any().map(|| {
         warp::reply::with_status(
-            "not found: WebSocket rooms are at /<room>; health at /healthz\n",
+            "not found: WebSocket rooms are at /<room>; health at /healthz; REST API under /v1\n",
             StatusCode::NOT_FOUND,
         )
         .into_response()
     });
 
-    ws.or(healthz)
+    ws.or(probes)
         .unify()
-        .or(api(Arc::clone(&api_state)))
+        .or(metrics)
+        .unify()
+        .or(crate::api::routes(Arc::clone(&api_state)))
         .unify()
         .or(fallback)
         .unify()
 }
 
-/// A JSON error body with `status`.
-fn json_error(status: StatusCode, message: impl std::fmt::Display) -> warp::reply::Response {
-    warp::reply::with_status(
-        warp::reply::json(&serde_json::json!({ "error": message.to_string() })),
-        status,
-    )
-    .into_response()
-}
-
-/// `/v1/rooms/{room}/...`: the room segment percent-decoded and checked like a WebSocket
-/// room name. This is the one place where access control for the REST API goes (issue 4).
-fn api_room(
-    state: Arc<AppState>,
-) -> impl Filter<
-    Extract = (Result<String, warp::reply::Response>, Arc<AppState>),
-    Error = warp::Rejection,
-> + Clone {
-    warp::path!("v1" / "rooms" / String / ..)
-        .map(move |segment: String| {
-            let room = room_name_from_path(
-                &format!("/{segment}"),
-                state.config.limits.max_room_name_bytes,
-            )
-            .map_err(|e| json_error(StatusCode::BAD_REQUEST, e));
-            (room, Arc::clone(&state))
-        })
-        .untuple_one()
-}
-
-/// Query of `GET .../audit`.
-#[derive(Debug, serde::Deserialize)]
-struct AuditQuery {
-    after: Option<u64>,
-    limit: Option<usize>,
-}
-
-/// Body of `POST .../versions`.
-#[derive(Debug, Default, serde::Deserialize)]
-struct NewVersion {
-    label: Option<String>,
-}
-
-/// Most audit records one request returns.
-const MAX_AUDIT_PAGE: usize = 1000;
-
-fn api(
+/// `GET /healthz` (the process serves) and `GET /readyz` (store writable, not shutting down;
+/// 503 with the reasons otherwise).
+fn probe_routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
-    let list_versions = api_room(Arc::clone(&state))
-        .and(warp::path!("versions"))
-        .and(warp::get())
-        .then(
-            |room: Result<String, warp::reply::Response>, state: Arc<AppState>| async move {
-                let room = match room {
-                    Ok(r) => r,
-                    Err(resp) => return resp,
-                };
-                let store = Arc::clone(state.registry.store());
-                match tokio::task::spawn_blocking(move || store.list_versions(&room)).await {
-                    Ok(Ok(list)) => {
-                        warp::reply::json(&serde_json::json!({ "versions": list })).into_response()
-                    }
-                    Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
-                    Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    let healthz = warp::get()
+        .and(warp::path("healthz"))
+        .and(warp::path::end())
+        .map(|| warp::reply::with_status("ok\n", StatusCode::OK).into_response());
+    let readyz = warp::get()
+        .and(warp::path("readyz"))
+        .and(warp::path::end())
+        .then(move || {
+            let state = Arc::clone(&state);
+            async move {
+                match state.readiness().await {
+                    Ok(()) => warp::reply::with_status("ready\n", StatusCode::OK).into_response(),
+                    Err(reasons) => warp::reply::with_status(
+                        format!("not ready: {}\n", reasons.join("; ")),
+                        StatusCode::SERVICE_UNAVAILABLE,
+                    )
+                    .into_response(),
                 }
-            },
-        );
-
-    let create_version = api_room(Arc::clone(&state))
-        .and(warp::path!("versions"))
-        .and(warp::post())
-        .and(warp::body::content_length_limit(64 * 1024))
-        .and(warp::body::bytes())
-        .then(
-            |room: Result<String, warp::reply::Response>,
-             state: Arc<AppState>,
-             body: bytes::Bytes| async move {
-                let room = match room {
-                    Ok(r) => r,
-                    Err(resp) => return resp,
-                };
-                let new: NewVersion = if body.iter().all(u8::is_ascii_whitespace) {
-                    NewVersion::default()
-                } else {
-                    match serde_json::from_slice(&body) {
-                        Ok(v) => v,
-                        Err(e) => {
-                            return json_error(
-                                StatusCode::BAD_REQUEST,
-                                format!("invalid JSON body: {e}"),
-                            )
-                        }
-                    }
-                };
-                let (reply, answer) = tokio::sync::oneshot::channel();
-                let cmd = crate::room::RoomCmd::CreateVersion {
-                    label: new.label,
-                    reply,
-                };
-                let sent = state.registry.command(&room, cmd).await;
-                match (sent, answer.await) {
-                    (true, Ok(Ok(info))) => {
-                        warp::reply::with_status(warp::reply::json(&info), StatusCode::CREATED)
-                            .into_response()
-                    }
-                    (true, Ok(Err(e))) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
-                    _ => json_error(StatusCode::SERVICE_UNAVAILABLE, "room unavailable"),
-                }
-            },
-        );
-
-    let get_version = api_room(Arc::clone(&state))
-        .and(warp::path!("versions" / u64))
-        .and(warp::get())
-        .then(|room: Result<String, warp::reply::Response>, state: Arc<AppState>, id: u64| async move {
-            let room = match room {
-                Ok(r) => r,
-                Err(resp) => return resp,
-            };
-            let store = Arc::clone(state.registry.store());
-            match tokio::task::spawn_blocking(move || store.get_version(&room, id)).await {
-                Ok(Ok(Some((_, data)))) => warp::http::Response::builder()
-                    .header("content-type", "application/octet-stream")
-                    .body(warp::hyper::body::Bytes::from(data))
-                    .map(|r| r.map(Into::into))
-                    .unwrap_or_else(|e| json_error(StatusCode::INTERNAL_SERVER_ERROR, e)),
-                Ok(Ok(None)) => json_error(StatusCode::NOT_FOUND, format!("no version {id}")),
-                Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
-                Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
             }
         });
+    healthz.or(readyz).unify()
+}
 
-    let restore = api_room(Arc::clone(&state))
-        .and(warp::path!("versions" / u64 / "restore"))
-        .and(warp::post())
-        .then(|room: Result<String, warp::reply::Response>, state: Arc<AppState>, id: u64| async move {
-            let room = match room {
-                Ok(r) => r,
-                Err(resp) => return resp,
-            };
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            let cmd = crate::room::RoomCmd::Restore { id, reply };
-            let sent = state.registry.command(&room, cmd).await;
-            match (sent, answer.await) {
-                (true, Ok(Ok(Some(changed)))) => {
-                    warp::reply::json(&serde_json::json!({ "restored": id, "changed": changed })).into_response()
-                }
-                (true, Ok(Ok(None))) => json_error(StatusCode::NOT_FOUND, format!("no version {id}")),
-                (true, Ok(Err(e))) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
-                _ => json_error(StatusCode::SERVICE_UNAVAILABLE, "room unavailable"),
+/// `GET /metrics`: the Prometheus text exposition.
+fn metrics_route(
+) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    warp::get()
+        .and(warp::path("metrics"))
+        .and(warp::path::end())
+        .map(|| match crate::metrics::render() {
+            Some(text) => {
+                let mut resp = warp::reply::Response::new(text.into());
+                resp.headers_mut().insert(
+                    warp::http::header::CONTENT_TYPE,
+                    warp::http::HeaderValue::from_static(
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    ),
+                );
+                resp
             }
-        });
+            None => warp::reply::with_status(
+                "metrics recorder not installed (another recorder was installed first)\n",
+                StatusCode::SERVICE_UNAVAILABLE,
+            )
+            .into_response(),
+        })
+}
 
-    let audit = api_room(state)
-        .and(warp::path!("audit"))
-        .and(warp::get())
-        .and(warp::query::<AuditQuery>())
-        .then(|room: Result<String, warp::reply::Response>, state: Arc<AppState>, q: AuditQuery| async move {
-            let room = match room {
-                Ok(r) => r,
-                Err(resp) => return resp,
-            };
-            let limit = q.limit.unwrap_or(100).clamp(1, MAX_AUDIT_PAGE);
-            let store = Arc::clone(state.registry.store());
-            let after = q.after;
-            match tokio::task::spawn_blocking(move || store.audit(&room, after, limit)).await {
-                Ok(Ok(records)) => {
-                    let next_after = if records.len() == limit { records.last().map(|r| r.seq) } else { None };
-                    warp::reply::json(&serde_json::json!({ "records": records, "next_after": next_after })).into_response()
-                }
-                Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
-                Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
-            }
-        });
-
-    list_versions
-        .or(create_version)
+/// What the separate metrics address (`metrics_listen`) serves: `/metrics` and the probes.
+pub fn metrics_routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone {
+    metrics_route()
+        .or(probe_routes(state))
         .unify()
-        .or(get_version)
-        .unify()
-        .or(restore)
-        .unify()
-        .or(audit)
+        .or(warp::any().map(|| {
+            warp::reply::with_status(
+                "not found: this address serves /metrics, /healthz and /readyz\n",
+                StatusCode::NOT_FOUND,
+            )
+            .into_response()
+        }))
         .unify()
 }
 
 fn upgrade(
-    path: FullPath,
+    path: &FullPath,
     ws: Ws,
     peer: Option<PeerAddr>,
+    headers: &HeaderMap,
+    query: Option<&str>,
     state: Arc<AppState>,
 ) -> warp::reply::Response {
-    if state.shutdown.is_cancelled() {
+    if state.draining.is_cancelled() {
         return warp::reply::with_status("server shutting down\n", StatusCode::SERVICE_UNAVAILABLE)
             .into_response();
     }
@@ -309,26 +217,90 @@ fn upgrade(
         Ok(room) => room,
         Err(err) => {
             metrics::counter!("yrelay_http_refusals_total", "reason" => "room_name").increment(1);
+            crate::limits::refused("room_name");
             return warp::reply::with_status(format!("{err}\n"), StatusCode::BAD_REQUEST)
                 .into_response();
         }
+    };
+    let found = find_token(query, headers);
+    let identity = match state
+        .auth
+        .authorize(found.as_ref().map(|f| f.token.as_str()), &room)
+    {
+        Ok(identity) => identity,
+        Err(err) => {
+            debug!(room = %room, reason = err.label(), "upgrade refused");
+            return crate::api::auth_refusal(&err);
+        }
+    };
+    let ip_slot = match peer {
+        Some(PeerAddr(addr)) => {
+            match state
+                .ip_conns
+                .try_acquire(addr.ip(), limits.max_connections_per_ip)
+            {
+                Some(slot) => Some(slot),
+                None => {
+                    crate::limits::refused("connections_per_ip");
+                    return too_many(format!(
+                        "too many connections from your address (limit {})",
+                        limits.max_connections_per_ip
+                    ));
+                }
+            }
+        }
+        None => None,
+    };
+    let name: Arc<str> = Arc::from(room.as_str());
+    let Some(room_slot) = state
+        .room_conns
+        .try_acquire(Arc::clone(&name), limits.max_connections_per_room)
+    else {
+        crate::limits::refused("connections_per_room");
+        return too_many(format!(
+            "room is full (limit {} connections)",
+            limits.max_connections_per_room
+        ));
     };
     let ws = ws
         .max_message_size(limits.max_message_bytes)
         .max_frame_size(limits.max_message_bytes);
     // Held from the 101 answer on, so shutdown also waits for upgrades still completing.
     let in_flight = state.tracker.token();
-    ws.on_upgrade(move |socket| async move {
-        let _in_flight = in_flight;
+    let reply = ws.on_upgrade(move |socket| async move {
+        let _slots = (in_flight, ip_slot, room_slot);
         let peer: Arc<str> =
             peer.map_or_else(|| Arc::from("unknown"), |p| Arc::from(p.0.to_string()));
-        let span = tracing::info_span!("conn", room = %room, peer = %peer);
-        tracing::Instrument::instrument(serve_socket(room, socket, state, peer), span).await;
-    })
-    .into_response()
+        let span = tracing::info_span!("conn", room = %name, peer = %peer, sub = %identity.subject);
+        tracing::Instrument::instrument(serve_socket(name, socket, state, peer, identity), span)
+            .await;
+    });
+    let mut resp = reply.into_response();
+    // A browser that offered its token as a subprotocol aborts unless one is chosen.
+    if let Some(FoundToken {
+        token,
+        source: TokenSource::Subprotocol,
+    }) = found
+    {
+        if let Ok(value) = warp::http::HeaderValue::from_str(&token) {
+            resp.headers_mut()
+                .insert(warp::http::header::SEC_WEBSOCKET_PROTOCOL, value);
+        }
+    }
+    resp
 }
 
-async fn serve_socket(room: String, socket: WebSocket, state: Arc<AppState>, peer: Arc<str>) {
+fn too_many(message: String) -> warp::reply::Response {
+    warp::reply::with_status(format!("{message}\n"), StatusCode::TOO_MANY_REQUESTS).into_response()
+}
+
+async fn serve_socket(
+    room: Arc<str>,
+    socket: WebSocket,
+    state: Arc<AppState>,
+    peer: Arc<str>,
+    identity: Identity,
+) {
     let (sink, stream) = socket.split();
     let stream = stream.map(|item| match item {
         Ok(msg) => Ok(incoming(msg)),
@@ -346,8 +318,10 @@ async fn serve_socket(room: String, socket: WebSocket, state: Arc<AppState>, pee
         config: Arc::clone(&state.config),
         shutdown: state.shutdown.clone(),
         peer,
+        identity,
+        decodes: Arc::clone(&state.decodes),
     };
-    conn::serve(Arc::from(room), stream, Box::pin(sink), ctx).await;
+    conn::serve(room, stream, Box::pin(sink), ctx).await;
 }
 
 fn incoming(msg: Message) -> Incoming {

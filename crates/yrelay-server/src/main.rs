@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
+use yrelay_server::auth::Secret;
 use yrelay_server::config::Durability;
 use yrelay_server::Config;
 
@@ -63,12 +64,31 @@ struct ServeArgs {
     /// Durability: `fsync` (flushed before anyone sees an update) or `batched` [default: fsync].
     #[arg(long, env = "YRELAY_DURABILITY", value_parser = ["fsync", "batched"])]
     durability: Option<String>,
+    /// HS256 secret for client tokens; setting it turns JWT auth on. Prefer the environment
+    /// variable: command lines are visible to other local users.
+    #[arg(long, env = "YRELAY_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// PEM file with an RS256 (RSA) or EdDSA (Ed25519) public key for client tokens; setting
+    /// it turns JWT auth on.
+    #[arg(long, env = "YRELAY_JWT_PUBLIC_KEY")]
+    jwt_public_key: Option<PathBuf>,
+    /// Key for the admin API (`Authorization: Bearer <key>`); without it the admin API is off.
+    #[arg(long, env = "YRELAY_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
+    /// Serve without authentication on a non-loopback address (development only: anyone who
+    /// can reach the port can read and change every document).
+    #[arg(long, env = "YRELAY_ALLOW_UNAUTHENTICATED")]
+    allow_unauthenticated: bool,
     /// Log format.
     #[arg(long, env = "YRELAY_LOG_FORMAT", value_enum, default_value = "pretty")]
     log_format: LogFormat,
-    /// Log filter, e.g. `info` or `yrelay_server=debug` [default: info].
-    #[arg(long, env = "YRELAY_LOG", default_value = "info")]
-    log: String,
+    /// Log filter, e.g. `info` or `yrelay_server=debug`; without it `RUST_LOG`, else `info`.
+    #[arg(long, env = "YRELAY_LOG")]
+    log: Option<String>,
+    /// Address for `/metrics`, `/healthz` and `/readyz` only (plain HTTP), e.g.
+    /// `0.0.0.0:9464`; then the main address no longer serves `/metrics`.
+    #[arg(long, env = "YRELAY_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -94,6 +114,21 @@ impl ServeArgs {
         }
         if let Some(v) = self.room_idle_ms {
             config.timeouts.room_idle_ms = v;
+        }
+        if let Some(v) = self.metrics_listen {
+            config.metrics_listen = Some(v);
+        }
+        if let Some(v) = &self.jwt_secret {
+            config.auth.jwt_secret = Some(Secret::new(v.clone()));
+        }
+        if let Some(v) = &self.jwt_public_key {
+            config.auth.jwt_public_key = Some(v.clone());
+        }
+        if let Some(v) = &self.admin_key {
+            config.auth.admin_key = Some(Secret::new(v.clone()));
+        }
+        if self.allow_unauthenticated {
+            config.auth.allow_unauthenticated = true;
         }
         match self.durability.as_deref() {
             Some("batched") => config.persistence.durability = Durability::Batched,
@@ -147,7 +182,12 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let Command::Serve(args) = cli.command;
-    init_tracing(args.log_format, &args.log)?;
+    let filter = args
+        .log
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "info".to_owned());
+    init_tracing(args.log_format, &filter)?;
     let config = args.to_config()?;
     let shutdown = shutdown_signal()?;
     let listener = TcpListener::bind(config.listen)
@@ -155,6 +195,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let scheme = if config.tls_enabled() { "wss" } else { "ws" };
     let data_dir = config.data_dir.clone();
+    let jwt = config.auth.jwt_enabled();
     let server = yrelay_server::server::Server::prepare(listener, config)?;
     let addr = server.local_addr()?;
     // The one line on stdout: tests and scripts read the bound address from it (useful with
@@ -163,7 +204,13 @@ async fn main() -> anyhow::Result<()> {
     {
         println!("yrelay listening on {scheme}://{addr}");
     }
-    tracing::info!(%addr, scheme, data_dir = %data_dir.display(), "listening");
+    tracing::info!(%addr, scheme, data_dir = %data_dir.display(), auth = if jwt { "jwt" } else { "none" }, "listening");
+    if !jwt && !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "AUTHENTICATION IS OFF on a non-loopback address: anyone who can reach this port can read, change and delete every document. Set YRELAY_JWT_SECRET or --jwt-public-key for anything but development."
+        );
+    }
     server.serve(shutdown).await;
     Ok(())
 }

@@ -32,10 +32,35 @@ use crate::room::ConnId;
 /// A frame a room wants to send.
 #[derive(Debug)]
 pub enum Outbound {
-    /// To every subscriber.
-    All(Bytes),
+    /// To every subscriber; with when the message that caused it arrived, if it came from a
+    /// connection.
+    All(Bytes, Option<Instant>),
     /// To one connection.
     To(ConnId, Bytes),
+    /// Not a frame: an action run once everything before it is durable (fsync mode) or at
+    /// once (batched mode), e.g. answering a REST request.
+    Run(Deferred),
+}
+
+/// An action held like a frame (see [`Outbound::Run`]).
+pub struct Deferred(Box<dyn FnOnce() + Send>);
+
+impl Deferred {
+    /// Wraps `action`.
+    pub fn new(action: impl FnOnce() + Send + 'static) -> Self {
+        Self(Box::new(action))
+    }
+
+    /// Runs the action.
+    pub fn run(self) {
+        (self.0)();
+    }
+}
+
+impl std::fmt::Debug for Deferred {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Deferred")
+    }
 }
 
 /// What a finished write gives back: the seqs on success, or the entries to retry.
@@ -142,6 +167,7 @@ impl Persister {
         let entries = std::mem::take(&mut self.batch);
         let frames = std::mem::take(&mut self.held);
         self.written_sizes = entries.iter().map(|e| e.update.len()).collect();
+        metrics::histogram!("yrelay_persist_batch_updates").record(entries.len() as f64);
         let store = Arc::clone(&self.store);
         let room = Arc::clone(&self.room);
         self.next_write_at = None;
@@ -280,7 +306,8 @@ impl Persister {
             store.flush()?;
             metrics::histogram!("yrelay_compaction_seconds")
                 .record(started.elapsed().as_secs_f64());
-            metrics::histogram!("yrelay_compaction_snapshot_bytes").record(bytes as f64);
+            metrics::histogram!("yrelay_compaction_output_bytes").record(bytes as f64);
+            metrics::counter!("yrelay_compactions_total").increment(1);
             Ok(())
         });
         self.compaction = Some((job, upto));
@@ -407,6 +434,9 @@ mod tests {
         fn list_rooms(&self) -> StoreResult<Vec<RoomInfo>> {
             self.inner.list_rooms()
         }
+        fn check(&self) -> StoreResult<()> {
+            self.inner.check()
+        }
         fn delete_room(&self, room: &str) -> StoreResult<()> {
             self.inner.delete_room(room)
         }
@@ -462,12 +492,16 @@ mod tests {
         );
         p.record(entry(1));
         // fsync: the frame for the update waits for durability.
-        assert!(p.gate(Outbound::All(Bytes::from_static(b"u1"))).is_none());
+        assert!(p
+            .gate(Outbound::All(Bytes::from_static(b"u1"), None))
+            .is_none());
         p.kick();
         let step = p.next_event().await; // the write fails
         assert!(step.deliver.is_empty());
         p.record(entry(2));
-        assert!(p.gate(Outbound::All(Bytes::from_static(b"u2"))).is_none());
+        assert!(p
+            .gate(Outbound::All(Bytes::from_static(b"u2"), None))
+            .is_none());
         // After the back-off both entries are written together and both frames released, in
         // order.
         let started = Instant::now();
@@ -475,8 +509,8 @@ mod tests {
         while delivered.len() < 2 {
             let step = p.next_event().await;
             delivered.extend(step.deliver.into_iter().map(|o| match o {
-                Outbound::All(b) => b,
-                Outbound::To(_, b) => b,
+                Outbound::All(b, _) | Outbound::To(_, b) => b,
+                Outbound::Run(_) => panic!("no actions were gated"),
             }));
         }
         assert!(started.elapsed() >= RETRY_AFTER - Duration::from_millis(50));
@@ -500,7 +534,9 @@ mod tests {
         };
         let mut p = Persister::new(store.clone(), Arc::from("r"), settings, 0, VecDeque::new());
         p.record(entry(1));
-        assert!(p.gate(Outbound::All(Bytes::from_static(b"u1"))).is_some());
+        assert!(p
+            .gate(Outbound::All(Bytes::from_static(b"u1"), None))
+            .is_some());
         p.kick();
         assert!(
             store.load("r").unwrap().tail.is_empty(),

@@ -23,13 +23,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info_span, warn, Instrument};
-use yrelay_doc::codec::{self, broadcast_frame, UpdateV1};
+use yrelay_doc::codec::{self, broadcast_frame, StateVectorV1, UpdateV1};
 use yrelay_doc::{ClientMessage, RoomDoc, ValidateLimits};
 use yrelay_store::{AppendEntry, Seq, Store, VersionInfo, VersionKind};
 
+use crate::auth::Role;
 use crate::close::CloseReason;
 use crate::config::Config;
-use crate::persist::{Outbound, Persister};
+use crate::persist::{Deferred, Outbound, Persister};
 
 /// Identifies one connection within the server.
 pub type ConnId = u64;
@@ -80,6 +81,10 @@ pub struct Subscriber {
     pub control: Arc<ConnControl>,
     /// Where the connection comes from, for the audit trail (peer address).
     pub origin: Arc<str>,
+    /// Who it is (the token's subject, `anonymous` without auth), for the audit trail.
+    pub subject: Arc<str>,
+    /// What it may do.
+    pub role: Role,
 }
 
 impl Subscriber {
@@ -131,6 +136,8 @@ pub enum RoomCmd {
         /// This frame's share of the inbox byte budget, returned when the room drops the
         /// command.
         _permit: OwnedSemaphorePermit,
+        /// When the connection handed it over (for `yrelay_fanout_seconds`).
+        arrived: Instant,
     },
     /// A connection is gone.
     Leave {
@@ -144,6 +151,31 @@ pub enum RoomCmd {
         /// The saved version, or why not.
         reply: oneshot::Sender<Result<VersionInfo, String>>,
     },
+    /// Read the document (REST).
+    Read {
+        /// What to read.
+        what: ReadRequest,
+        /// The answer.
+        reply: oneshot::Sender<ReadAnswer>,
+    },
+    /// Apply an update that did not come from a connection (REST); answered once it is
+    /// durable as the durability mode promises.
+    ApplyUpdate {
+        /// The validated update.
+        update: UpdateV1,
+        /// Who sent it (token subject).
+        author: Arc<str>,
+        /// Where from (peer address).
+        origin: Arc<str>,
+        /// Whether the document changed, or why it was refused.
+        reply: oneshot::Sender<Result<bool, ApplyRefusal>>,
+    },
+    /// Delete the room: close its connections, forget its document and remove it from the
+    /// store. Answered once it is gone from the store.
+    Delete {
+        /// Done, or why not.
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// Make the document equal to version `id` again, as a new edit.
     Restore {
         /// The version.
@@ -151,6 +183,40 @@ pub enum RoomCmd {
         /// Whether anything changed (`None`: no such version), or why it failed.
         reply: oneshot::Sender<Result<Option<bool>, String>>,
     },
+}
+
+/// What [`RoomCmd::Read`] reads.
+#[derive(Debug)]
+pub enum ReadRequest {
+    /// The whole state as a v1 update, or only what a peer with this state vector lacks.
+    State(Option<StateVectorV1>),
+    /// The state vector (v1).
+    StateVector,
+    /// The root types as JSON.
+    Json,
+}
+
+/// The answer to a [`RoomCmd::Read`].
+#[derive(Debug)]
+pub enum ReadAnswer {
+    /// Binary (an update or a state vector).
+    Bytes(Vec<u8>),
+    /// JSON.
+    Json(serde_json::Value),
+}
+
+/// Why [`RoomCmd::ApplyUpdate`] did not apply an update.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyRefusal {
+    /// The document would pass `limits.max_document_bytes`.
+    #[error("document size limit of {0} bytes reached")]
+    DocumentTooLarge(usize),
+    /// The update builds on changes the document does not have.
+    #[error("the update depends on changes this document does not have: fetch `state?sv=` and send a diff against it")]
+    MissingDependencies,
+    /// The document refused it.
+    #[error("update refused: {0}")]
+    Refused(String),
 }
 
 /// Why a join failed.
@@ -185,6 +251,7 @@ impl RoomHandle {
     /// (`limits.room_inbox_bytes`), so queued frames are bounded in bytes as well as in count.
     /// `false` if the room is gone.
     pub async fn send_message(&self, conn: ConnId, frame: Bytes, msg: ClientMessage) -> bool {
+        let arrived = Instant::now();
         // A frame larger than the whole budget (only if misconfigured) takes all of it.
         let want = u32::try_from(frame.len())
             .unwrap_or(u32::MAX)
@@ -197,6 +264,7 @@ impl RoomHandle {
             frame,
             msg,
             _permit: permit,
+            arrived,
         })
         .await
     }
@@ -347,6 +415,25 @@ impl Registry {
         (tx, inbox_bytes)
     }
 
+    /// Removes the entry for `name` if it still belongs to `generation`, whatever is queued.
+    fn remove_entry(&self, name: &str, generation: u64) {
+        let mut rooms = self.lock();
+        if rooms.get(name).is_some_and(|e| e.generation == generation) {
+            rooms.remove(name);
+            metrics::gauge!("yrelay_rooms_loaded").set(rooms.len() as f64);
+        }
+    }
+
+    /// Names of the rooms in memory.
+    pub fn loaded_names(&self) -> Vec<Arc<str>> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Whether `room` is in memory.
+    pub fn is_loaded(&self, room: &str) -> bool {
+        self.lock().contains_key(room)
+    }
+
     /// Removes the entry for `name` if it still belongs to `generation` and `rx` holds nothing.
     fn try_evict(&self, name: &str, generation: u64, rx: &mpsc::Receiver<RoomCmd>) -> bool {
         let mut rooms = self.lock();
@@ -377,6 +464,14 @@ struct RoomTask {
     persist: Persister,
     /// Log position of the newest version taken.
     last_version_seq: Seq,
+    /// Stored size of the document: the last snapshot (or encoded state) plus every update
+    /// since; what `limits.max_document_bytes` limits.
+    stored_bytes: usize,
+    /// Set once the room was deleted: nothing more is written.
+    deleted: bool,
+    /// While a connection's message is handled: when it arrived (for the fan-out latency of
+    /// what it causes to be broadcast).
+    arrived: Option<Instant>,
 }
 
 /// A room's whole life: load it (joins and messages wait in the inbox meanwhile, so nobody is
@@ -418,6 +513,7 @@ async fn room_main(
         max_depth: config.limits.max_nesting_depth.max(1024),
     };
     let mut tail = VecDeque::new();
+    let mut stored_bytes = 0;
     let last_seq = loaded.next_seq.saturating_sub(1);
     let stored = loaded
         .snapshot
@@ -426,6 +522,7 @@ async fn room_main(
         .chain(loaded.tail);
     for (seq, bytes) in stored {
         let len = bytes.len();
+        stored_bytes += len;
         match UpdateV1::parse(Bytes::from(bytes), &limits) {
             Ok(update) => {
                 let applied = doc.apply_update(&update, 0);
@@ -456,6 +553,9 @@ async fn room_main(
         registry,
         persist,
         last_version_seq: last_seq,
+        stored_bytes,
+        deleted: false,
+        arrived: None,
     };
     task.run(rx).await;
 }
@@ -490,7 +590,10 @@ impl RoomTask {
                         self.deliver(frame);
                     }
                     if step.compact {
-                        self.persist.start_compaction(self.doc.encode_state());
+                        let state = self.doc.encode_state();
+                        metrics::histogram!("yrelay_compaction_input_bytes").record(self.stored_bytes as f64);
+                        self.stored_bytes = state.len();
+                        self.persist.start_compaction(state);
                     }
                 },
                 () = sleep_until_opt(deadline) => {
@@ -509,6 +612,10 @@ impl RoomTask {
                     break;
                 },
             }
+            if self.deleted {
+                self.registry.remove_entry(&self.name, self.generation);
+                break;
+            }
             self.persist.kick();
             idle_since = match (self.subs.is_empty(), idle_since) {
                 (true, None) => Some(Instant::now()),
@@ -522,7 +629,8 @@ impl RoomTask {
         while let Some(cmd) = rx.recv().await {
             // Queued joins are dropped (unanswered, so they retry on a fresh task); version
             // commands are still served from this document.
-            if !matches!(cmd, RoomCmd::Join { .. }) {
+            // A deleted room answers nothing more (dropped replies read as "unavailable").
+            if !self.deleted && !matches!(cmd, RoomCmd::Join { .. }) {
                 self.handle(cmd).await;
             }
         }
@@ -598,14 +706,17 @@ impl RoomTask {
         let limits = ValidateLimits { max_depth: 1024 };
         let update = UpdateV1::parse(Bytes::from(update), &limits).map_err(|e| e.to_string())?;
         let frame = codec::encode_sync_update(update.as_bytes());
-        self.apply(
+        let (_, refused) = self.apply(
             0,
             &frame,
             &update,
             "yrelay",
             &format!("restore of version {id}"),
         );
-        Ok(Some(true))
+        match refused {
+            Some(err) => Err(err.to_string()),
+            None => Ok(Some(true)),
+        }
     }
 
     async fn handle(&mut self, cmd: RoomCmd) {
@@ -616,11 +727,29 @@ impl RoomTask {
             RoomCmd::Restore { id, reply } => {
                 let _ = reply.send(self.restore(id).await);
             }
+            RoomCmd::Read { what, reply } => self.read(what, reply),
+            RoomCmd::ApplyUpdate {
+                update,
+                author,
+                origin,
+                reply,
+            } => self.apply_rest(&update, &author, &origin, reply),
+            RoomCmd::Delete { reply } => {
+                let _ = reply.send(self.delete().await);
+            }
             RoomCmd::Join { sub, ack } => self.join(sub, ack),
             // The permit is released once the message has been handled.
             RoomCmd::Message {
-                conn, frame, msg, ..
-            } => self.message(conn, frame, msg),
+                conn,
+                frame,
+                msg,
+                arrived,
+                ..
+            } => {
+                self.arrived = Some(arrived);
+                self.message(conn, frame, msg);
+                self.arrived = None;
+            }
             RoomCmd::Leave { conn } => self.leave(conn),
         }
     }
@@ -661,14 +790,40 @@ impl RoomTask {
                 self.send_to(conn, reply);
             }
             ClientMessage::SyncStep2(update) | ClientMessage::Update(update) => {
-                let origin = self
+                let Some(state) = self.subs.get(&conn) else {
+                    return;
+                };
+                let (subject, origin) = (
+                    Arc::clone(&state.sub.subject),
+                    Arc::clone(&state.sub.origin),
+                );
+                if !state.sub.role.can_write() {
+                    // Every official client answers our SyncStep1 with its state, which for a
+                    // viewer changes nothing; only a real change is refused.
+                    if self.doc.would_change(&update) {
+                        metrics::counter!("yrelay_viewer_writes_refused_total").increment(1);
+                        self.deny(conn, "read-only: a viewer cannot change the document");
+                    }
+                    return;
+                }
+                if let Err(refusal) = self.check_size(&update) {
+                    self.deny(conn, &refusal.to_string());
+                    return;
+                }
+                self.apply(conn, &frame, &update, &subject, &origin);
+            }
+            ClientMessage::Awareness(update) => {
+                let viewer = self
                     .subs
                     .get(&conn)
-                    .map_or_else(|| format!("conn-{conn}"), |s| s.sub.origin.to_string());
-                // Until authentication exists (issue 4) clients are not known by name.
-                self.apply(conn, &frame, &update, "anonymous", &origin);
+                    .is_some_and(|s| !s.sub.role.can_write());
+                if viewer && !self.config.auth.viewer_awareness {
+                    metrics::counter!("yrelay_viewer_writes_refused_total").increment(1);
+                    self.deny(conn, "read-only: viewers may not send presence here");
+                    return;
+                }
+                self.awareness(conn, &update);
             }
-            ClientMessage::Awareness(update) => self.awareness(conn, &update),
             ClientMessage::QueryAwareness => {
                 if let Some(states) = self.doc.awareness_states() {
                     self.send_to(conn, codec::encode_awareness(&states));
@@ -681,6 +836,7 @@ impl RoomTask {
 
     /// Applies an update from `conn` (0: the server itself), records what the document took in
     /// for the log, and broadcasts it (in fsync mode, once durable).
+    /// Returns whether the document changed and, if `conn`'s own update was refused, why.
     fn apply(
         &mut self,
         conn: ConnId,
@@ -688,12 +844,15 @@ impl RoomTask {
         update: &UpdateV1,
         author: &str,
         origin: &str,
-    ) {
+    ) -> (bool, Option<yrelay_doc::DocError>) {
         let started = Instant::now();
         let applied = self.doc.apply_update(update, conn);
         metrics::histogram!("yrelay_update_apply_seconds").record(started.elapsed().as_secs_f64());
         let time_ms = now_ms();
+        let changed = !applied.emitted.is_empty();
+        let mut own_refusal = None;
         for part in &applied.emitted {
+            self.stored_bytes += part.len();
             self.persist.record(AppendEntry {
                 update: part.clone(),
                 author: author.to_owned(),
@@ -720,7 +879,99 @@ impl RoomTask {
             warn!(conn = origin, error = %err, "update refused");
             metrics::counter!("yrelay_updates_refused_total").increment(1);
             self.close_sub(origin, CloseReason::refused(&err));
+            if origin == conn {
+                own_refusal = Some(err);
+            }
         }
+        (changed, own_refusal)
+    }
+
+    /// Refuses an update that would take the document past `limits.max_document_bytes`
+    /// (unless it changes nothing).
+    fn check_size(&self, update: &UpdateV1) -> Result<(), ApplyRefusal> {
+        let max = self.config.limits.max_document_bytes;
+        if self.stored_bytes.saturating_add(update.len()) > max && self.doc.would_change(update) {
+            crate::limits::refused("document_bytes");
+            return Err(ApplyRefusal::DocumentTooLarge(max));
+        }
+        Ok(())
+    }
+
+    /// Tells a connection that what it sent was not applied (y-protocols auth message; the
+    /// official client reports it through its permission-denied handler).
+    fn deny(&mut self, conn: ConnId, reason: &str) {
+        self.send_to(conn, codec::encode_auth_denied(reason));
+    }
+
+    /// Applies an update sent over REST and answers once it is as durable as the mode promises.
+    fn apply_rest(
+        &mut self,
+        update: &UpdateV1,
+        author: &str,
+        origin: &str,
+        reply: oneshot::Sender<Result<bool, ApplyRefusal>>,
+    ) {
+        if let Err(refusal) = self.check_size(update) {
+            let _ = reply.send(Err(refusal));
+            return;
+        }
+        // An origin of its own, so whatever it leaves held back can be dropped again.
+        let id = crate::conn::next_conn_id();
+        let frame = codec::encode_sync_update(update.as_bytes());
+        let (changed, refused) = self.apply(id, &frame, update, author, origin);
+        if let Some(err) = refused {
+            let _ = reply.send(Err(ApplyRefusal::Refused(err.to_string())));
+            return;
+        }
+        let held = self.doc.pending_bytes();
+        self.doc.drop_pending_from(id);
+        if self.doc.pending_bytes() != held {
+            let _ = reply.send(Err(ApplyRefusal::MissingDependencies));
+            return;
+        }
+        self.after_durable(move || {
+            let _ = reply.send(Ok(changed));
+        });
+    }
+
+    /// Runs `action` once everything applied so far is durable (at once in batched mode).
+    fn after_durable(&mut self, action: impl FnOnce() + Send + 'static) {
+        if let Some(out) = self.persist.gate(Outbound::Run(Deferred::new(action))) {
+            self.deliver(out);
+        }
+    }
+
+    /// Answers a REST read, from the document as it is now, once what it shows is durable.
+    fn read(&mut self, what: ReadRequest, reply: oneshot::Sender<ReadAnswer>) {
+        let answer = match what {
+            ReadRequest::State(None) => ReadAnswer::Bytes(self.doc.encode_state()),
+            ReadRequest::State(Some(sv)) => ReadAnswer::Bytes(self.doc.diff(&sv)),
+            ReadRequest::StateVector => ReadAnswer::Bytes(self.doc.state_vector()),
+            ReadRequest::Json => ReadAnswer::Json(self.doc.to_json()),
+        };
+        self.after_durable(move || {
+            let _ = reply.send(answer);
+        });
+    }
+
+    /// Closes every connection, writes out what is pending (so nothing lands after the
+    /// delete), and removes the room from the store.
+    async fn delete(&mut self) -> Result<(), String> {
+        for state in self.subs.values() {
+            state.sub.control.close(CloseReason::room_deleted());
+        }
+        self.subs.clear();
+        self.flush().await;
+        let store = Arc::clone(&self.registry.store);
+        let room = Arc::clone(&self.name);
+        tokio::task::spawn_blocking(move || store.delete_room(&room))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        self.deleted = true;
+        self.doc = RoomDoc::new();
+        self.stored_bytes = 0;
+        Ok(())
     }
 
     fn awareness(&mut self, conn: ConnId, update: &yrelay_doc::AwarenessUpdateV1) {
@@ -816,15 +1067,22 @@ impl RoomTask {
 
     /// Sends to everyone, behind anything not yet durable (fsync mode).
     fn broadcast(&mut self, frame: Bytes) {
-        if let Some(out) = self.persist.gate(Outbound::All(frame)) {
+        if let Some(out) = self.persist.gate(Outbound::All(frame, self.arrived)) {
             self.deliver(out);
         }
     }
 
     fn deliver(&mut self, out: Outbound) {
         match out {
-            Outbound::All(frame) => self.deliver_all(frame),
+            Outbound::All(frame, arrived) => {
+                self.deliver_all(frame);
+                if let Some(arrived) = arrived {
+                    metrics::histogram!("yrelay_fanout_seconds")
+                        .record(arrived.elapsed().as_secs_f64());
+                }
+            }
             Outbound::To(conn, frame) => self.deliver_to(conn, frame),
+            Outbound::Run(action) => action.run(),
         }
     }
 

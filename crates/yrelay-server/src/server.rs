@@ -18,8 +18,10 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 use tracing::{debug, info, warn};
 
+use crate::auth::{AuthConfigError, Authenticator};
 use crate::config::{Config, ConfigError};
 use crate::http::{routes, PeerAddr};
+use crate::limits::ConnCounts;
 use crate::room::Registry;
 use crate::tls::{self, TlsError};
 use yrelay_store::{SledStore, Store};
@@ -34,6 +36,57 @@ pub struct AppState {
     pub tracker: TaskTracker,
     /// Cancelled when shutdown begins.
     pub shutdown: CancellationToken,
+    /// Verifies tokens and the admin key.
+    pub auth: Arc<Authenticator>,
+    /// Open connections per room (`limits.max_connections_per_room`).
+    pub room_conns: Arc<ConnCounts<Arc<str>>>,
+    /// Open connections per client address (`limits.max_connections_per_ip`).
+    pub ip_conns: Arc<ConnCounts<std::net::IpAddr>>,
+    /// Server-wide budget of large decodes (`limits.max_concurrent_decodes`).
+    pub decodes: Arc<tokio::sync::Semaphore>,
+    /// Cancelled when shutdown begins (before `shutdown`, by `timeouts.shutdown_drain_ms`):
+    /// from then on `/readyz` answers 503 and upgrades are refused.
+    pub draining: CancellationToken,
+    /// The last store check, so probes cannot hammer the disk.
+    pub store_check: tokio::sync::Mutex<Option<(tokio::time::Instant, Result<(), String>)>>,
+}
+
+/// How long a store check result is reused by `/readyz`.
+const STORE_CHECK_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl AppState {
+    /// Whether the server should receive new clients, and the reasons if not.
+    pub async fn readiness(&self) -> Result<(), Vec<String>> {
+        let mut reasons = Vec::new();
+        if self.draining.is_cancelled() {
+            reasons.push("shutting down".to_owned());
+        }
+        let store = {
+            let mut last = self.store_check.lock().await;
+            match &*last {
+                Some((at, result)) if at.elapsed() < STORE_CHECK_TTL => result.clone(),
+                _ => {
+                    let store = Arc::clone(self.registry.store());
+                    let result = match tokio::task::spawn_blocking(move || store.check()).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    *last = Some((tokio::time::Instant::now(), result.clone()));
+                    result
+                }
+            }
+        };
+        if let Err(e) = store {
+            reasons.push(format!("store not writable: {e}"));
+        }
+        metrics::gauge!("yrelay_ready").set(if reasons.is_empty() { 1.0 } else { 0.0 });
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
+    }
 }
 
 /// Why the server could not start or stopped with an error.
@@ -45,6 +98,9 @@ pub enum ServerError {
     /// TLS files are unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The auth settings are unusable (key file, secret).
+    #[error(transparent)]
+    Auth(#[from] AuthConfigError),
     /// The store could not be opened.
     #[error("cannot open the store in {path}: {source}")]
     Store {
@@ -52,6 +108,14 @@ pub enum ServerError {
         path: std::path::PathBuf,
         /// Why.
         source: yrelay_store::StoreError,
+    },
+    /// The metrics address could not be bound.
+    #[error("cannot listen on {addr} (metrics_listen): {source}")]
+    MetricsListen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
     },
     /// The data directory could not be created.
     #[error("cannot create data directory {path}: {source}")]
@@ -81,6 +145,8 @@ pub struct Server {
     config: Arc<Config>,
     acceptor: Option<TlsAcceptor>,
     store: Arc<dyn Store>,
+    auth: Arc<Authenticator>,
+    metrics_listener: Option<TcpListener>,
 }
 
 impl Server {
@@ -95,6 +161,18 @@ impl Server {
             (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
             _ => None,
         };
+        let auth = Arc::new(Authenticator::new(&config.auth)?);
+        let metrics_listener = match config.metrics_listen {
+            None => None,
+            Some(addr) => {
+                let bound = std::net::TcpListener::bind(addr)
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .and_then(TcpListener::from_std)
+                    .map_err(|source| ServerError::MetricsListen { addr, source })?;
+                Some(bound)
+            }
+        };
+        crate::metrics::install();
         let path = config.data_dir.join("yrelay.sled");
         let store = SledStore::open(&path).map_err(|source| ServerError::Store { path, source })?;
         Ok(Self {
@@ -102,12 +180,21 @@ impl Server {
             config: Arc::new(config),
             acceptor,
             store: Arc::new(store),
+            auth,
+            metrics_listener,
         })
     }
 
     /// The address being listened on.
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The metrics address being listened on, if one is configured.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// Serves until `shutdown` completes, then shuts down in order.
@@ -117,6 +204,8 @@ impl Server {
             config,
             acceptor,
             store,
+            auth,
+            metrics_listener,
         } = self;
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -131,8 +220,47 @@ impl Server {
             registry,
             tracker: tracker.clone(),
             shutdown: token.clone(),
+            auth,
+            room_conns: Arc::default(),
+            ip_conns: Arc::default(),
+            decodes: Arc::new(tokio::sync::Semaphore::new(
+                config.limits.max_concurrent_decodes,
+            )),
+            draining: CancellationToken::new(),
+            store_check: tokio::sync::Mutex::new(None),
         });
         let service = warp::service(routes(Arc::clone(&state)));
+        // The metrics address serves until the very end, so probes see the shutdown.
+        let metrics_stop = CancellationToken::new();
+        let metrics_task = metrics_listener.map(|listener| {
+            let service = warp::service(crate::http::metrics_routes(Arc::clone(&state)));
+            let stop = metrics_stop.clone();
+            let header_timeout = config.timeouts.http_header();
+            tokio::spawn(async move {
+                let conns = TaskTracker::new();
+                loop {
+                    let tcp = tokio::select! {
+                        () = stop.cancelled() => break,
+                        accepted = listener.accept() => match accepted {
+                            Ok((tcp, _)) => tcp,
+                            Err(err) => {
+                                warn!(error = %err, "metrics accept failed");
+                                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                                continue;
+                            }
+                        },
+                    };
+                    conns.spawn(serve_http(
+                        tcp,
+                        service.clone(),
+                        stop.clone(),
+                        header_timeout,
+                    ));
+                }
+                conns.close();
+                conns.wait().await;
+            })
+        });
 
         tokio::pin!(shutdown);
         loop {
@@ -179,6 +307,46 @@ impl Server {
             });
         }
 
+        state.draining.cancel();
+        metrics::gauge!("yrelay_ready").set(0.0);
+        let drain = config.timeouts.shutdown_drain();
+        if !drain.is_zero() {
+            info!(?drain, "draining: not ready, refusing new upgrades");
+            let until = tokio::time::Instant::now() + drain;
+            // Keep answering (probes, REST) while the load balancer catches up.
+            loop {
+                let (tcp, peer) = tokio::select! {
+                    () = tokio::time::sleep_until(until) => break,
+                    accepted = listener.accept() => match accepted {
+                        Ok(pair) => pair,
+                        Err(_) => continue,
+                    },
+                };
+                let svc = service
+                    .clone()
+                    .map_request(move |mut req: http::Request<HyperBody>| {
+                        req.extensions_mut().insert(PeerAddr(peer));
+                        req
+                    });
+                let token = token.clone();
+                let header_timeout = config.timeouts.http_header();
+                match acceptor.clone() {
+                    None => {
+                        tracker.spawn(serve_http(tcp, svc, token, header_timeout));
+                    }
+                    Some(acceptor) => {
+                        let handshake = config.timeouts.tls_handshake();
+                        tracker.spawn(async move {
+                            if let Ok(Ok(tls)) =
+                                tokio::time::timeout(handshake, acceptor.accept(tcp)).await
+                            {
+                                serve_http(tls, svc, token, header_timeout).await;
+                            }
+                        });
+                    }
+                }
+            }
+        }
         info!("shutting down");
         drop(listener);
         token.cancel();
@@ -196,6 +364,10 @@ impl Server {
         let flushed = tokio::task::spawn_blocking(move || store.flush()).await;
         if !matches!(flushed, Ok(Ok(()))) {
             warn!("final store flush failed");
+        }
+        metrics_stop.cancel();
+        if let Some(task) = metrics_task {
+            let _ = task.await;
         }
         info!("stopped");
     }

@@ -20,6 +20,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// A server running in this process.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The separate metrics address, when `metrics_listen` was configured.
+    pub metrics_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     pub task: Option<JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -40,16 +42,19 @@ impl TestServer {
         tweak(&mut config);
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let server = yrelay_server::server::Server::prepare(listener, config).unwrap();
+        let metrics_addr = server.metrics_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            yrelay_server::run(listener, config, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
+            server
+                .serve(async {
+                    let _ = stopped.await;
+                })
+                .await;
         });
         Self {
             addr,
+            metrics_addr,
             stop: Some(stop),
             task: Some(task),
             _dir: dir,
@@ -60,11 +65,16 @@ impl TestServer {
         format!("ws://{}/{}", self.addr, room)
     }
 
-    /// Begins shutdown and waits for `run` to return.
-    pub async fn stop(&mut self) {
+    /// Begins shutdown without waiting for it.
+    pub fn begin_stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    /// Begins shutdown and waits for `run` to return.
+    pub async fn stop(&mut self) {
+        self.begin_stop();
         if let Some(task) = self.task.take() {
             tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
         }
@@ -256,4 +266,110 @@ pub fn awareness_entries(update: &[u8]) -> Vec<(u64, u32, String)> {
         .collect();
     out.sort();
     out
+}
+
+/// An HTTP response, read whole.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection (`Connection: close`), enough for tests.
+/// `headers` are `(name, value)` pairs added as given.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .expect("timed out reading the HTTP response")
+        .unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("no end of headers");
+    let head = String::from_utf8(raw[..split].to_vec()).unwrap();
+    let mut rest = raw[split + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
+    if chunked {
+        let mut body = Vec::new();
+        let mut pos = 0;
+        loop {
+            let end = pos + rest[pos..].windows(2).position(|w| w == b"\r\n").unwrap();
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&rest[pos..end]).unwrap().trim(), 16)
+                    .unwrap();
+            pos = end + 2;
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&rest[pos..pos + size]);
+            pos += size + 2;
+        }
+        rest = body;
+    }
+    HttpResponse {
+        status,
+        headers,
+        body: rest,
+    }
 }

@@ -99,8 +99,13 @@ export const bytesEqual = (a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b
 
 /** A running (or stopped) yrelay server process. */
 export class Server {
-  constructor (dataDir) {
+  /**
+   * @param {string} dataDir
+   * @param {{ env?: Record<string, string> }} [opts] extra environment (e.g. YRELAY_JWT_SECRET)
+   */
+  constructor (dataDir, { env = {} } = {}) {
     this.dataDir = dataDir
+    this.extraEnv = env
     this.port = 0
     this.scheme = 'ws'
     /** @type {import('node:child_process').ChildProcess | null} */
@@ -126,7 +131,7 @@ export class Server {
     const args = ['serve', '--listen', `127.0.0.1:${this.port}`, '--data-dir', this.dataDir]
     const child = spawn(bin, args, {
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { RUST_LOG: process.env.RUST_LOG ?? 'info', ...process.env }
+      env: { RUST_LOG: process.env.RUST_LOG ?? 'info', ...process.env, ...this.extraEnv }
     })
     this.child = child
     this.exit = null
@@ -219,9 +224,9 @@ export class Server {
  * Starts a yrelay server with a fresh data directory. The server is stopped and
  * the directory removed by `cleanup`, which is returned alongside.
  */
-export async function startServer () {
+export async function startServer (opts = {}) {
   const dataDir = mkdtempSync(join(tmpdir(), 'yrelay-compat-'))
-  const server = new Server(dataDir)
+  const server = new Server(dataDir, opts)
   try {
     await server.start()
   } catch (e) {
@@ -268,8 +273,8 @@ export class Harness {
   }
 
   /** Starts a server owned by this test. */
-  async server () {
-    const s = await startServer()
+  async server (opts = {}) {
+    const s = await startServer(opts)
     this.defer(() => s.cleanup())
     return s
   }
@@ -280,9 +285,10 @@ export class Harness {
    * @param {'v2' | 'v3'} version client library version
    * @param {Server | string} server server (or its ws:// URL)
    * @param {string} room
-   * @param {{ connect?: boolean, doc?: Y.Doc }} [opts]
+   * @param {{ connect?: boolean, doc?: Y.Doc, params?: Record<string, string> }} [opts]
+   *   `params` become URL query parameters (e.g. `{ token }`)
    */
-  client (version, server, room, { connect = true, doc = new Y.Doc() } = {}) {
+  client (version, server, room, { connect = true, doc = new Y.Doc(), params = {} } = {}) {
     const Provider = PROVIDERS[version]
     if (!Provider) throw new Error(`unknown client version ${version}`)
     const url = typeof server === 'string' ? server : server.url
@@ -294,6 +300,7 @@ export class Harness {
     doc.getArray('array')
     const provider = new Provider(url, room, doc, {
       connect,
+      params,
       WebSocketPolyfill: WebSocket,
       disableBc: true
     })
