@@ -447,6 +447,11 @@ mod tests {
     /// Like [`start`], but the sink accepts only `accept` items and then blocks forever, as a
     /// peer that stopped reading does once the kernel buffers are full.
     fn start_with_sink_limit(config: Config, accept: usize) -> Harness {
+        start_full(config, accept, Arc::new(Semaphore::new(1)))
+    }
+
+    /// [`start_with_sink_limit`] with the server's decode budget given.
+    fn start_full(config: Config, accept: usize, decodes: Arc<Semaphore>) -> Harness {
         let config = Arc::new(config);
         let shutdown = CancellationToken::new();
         let registry = Arc::new(Registry::new(
@@ -474,7 +479,7 @@ mod tests {
             shutdown: shutdown.clone(),
             peer: Arc::from("test"),
             identity: Identity::anonymous_owner(),
-            decodes: Arc::new(Semaphore::new(1)),
+            decodes,
         };
         let task = tokio::spawn(serve(
             Arc::from("room"),
@@ -560,6 +565,34 @@ mod tests {
             .await
             .expect("shutdown did not end the connection")
             .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_large_message_that_cannot_get_a_decode_turn_closes_with_1013() {
+        let mut config = Config::default();
+        config.timeouts.write_ms = 500;
+        // Every decode turn is taken (by other connections' large messages).
+        let decodes = Arc::new(Semaphore::new(0));
+        let mut h = start_full(config, usize::MAX, Arc::clone(&decodes));
+        assert!(matches!(next(&mut h).await, Outgoing::Binary(_)));
+        let large = encode_sync_step1(&vec![0u8; LARGE_MESSAGE_BYTES]);
+        h.to_conn.send(Ok(Incoming::Binary(large))).unwrap();
+        let waited = Instant::now();
+        loop {
+            if let Outgoing::Close(reason) = next(&mut h).await {
+                assert_eq!(reason.code, crate::close::TRY_AGAIN_LATER);
+                assert_eq!(reason.label(), "busy");
+                break;
+            }
+        }
+        assert!(waited.elapsed() >= Duration::from_millis(500));
+        // Small messages never need a turn.
+        let mut h = start_full(Config::default(), usize::MAX, decodes);
+        assert!(matches!(next(&mut h).await, Outgoing::Binary(_)));
+        h.to_conn
+            .send(Ok(Incoming::Binary(encode_sync_step1(&[0]))))
+            .unwrap();
+        assert!(matches!(next(&mut h).await, Outgoing::Binary(_)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -495,6 +495,27 @@ async fn rest_refusals() {
 }
 
 #[tokio::test]
+async fn the_document_size_limit_refuses_websocket_updates_with_a_reason() {
+    let server = TestServer::start_with(|c| c.limits.max_document_bytes = 4096).await;
+    let mut a = Client::join(&server.url("full")).await;
+    let mut b = Client::join(&server.url("full")).await;
+    let first = text_update(1, &"a".repeat(3000));
+    a.send(encode_sync_update(&first)).await;
+    assert_eq!(a.recv().await, Msg::Update(first.clone()));
+    assert_eq!(b.recv().await, Msg::Update(first.clone()));
+    let second = text_update(2, &"b".repeat(3000));
+    a.send(encode_sync_update(&second)).await;
+    let reason = denied_reason(&a.recv().await).expect("permission denied");
+    assert!(reason.contains("document size limit"), "{reason}");
+    b.expect_silence(Duration::from_millis(200)).await;
+    // What the room already has still goes through (a client's reconnect sync).
+    a.send(encode_sync_step2(&first)).await;
+    a.expect_silence(Duration::from_millis(200)).await;
+    let resp = http(server.addr, "GET", "/v1/rooms/full/state", &[], b"").await;
+    assert_eq!(text_after(&[resp.body]), "a".repeat(3000));
+}
+
+#[tokio::test]
 async fn admin_api() {
     let server = TestServer::start_with(jwt).await;
     let admin = bearer(ADMIN);
