@@ -102,7 +102,7 @@ pub fn routes(
 
     let metrics_here = state_for_metrics.config.metrics_listen.is_none();
     let probes = probe_routes(Arc::clone(&state_for_metrics));
-    let metrics = metrics_route()
+    let metrics = metrics_route(Arc::clone(&state_for_metrics))
         .and(warp::any().map(move || metrics_here))
         .and_then(|reply: warp::reply::Response, here: bool| async move {
             if here {
@@ -158,28 +158,36 @@ fn probe_routes(
     healthz.or(readyz).unify()
 }
 
-/// `GET /metrics`: the Prometheus text exposition.
+/// `GET /metrics`: the Prometheus text exposition. Runs the readiness check first (cached
+/// for a second), so `yrelay_ready` is current even when nothing polls `/readyz`.
 fn metrics_route(
+    state: Arc<AppState>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
     warp::get()
         .and(warp::path("metrics"))
         .and(warp::path::end())
-        .map(|| match crate::metrics::render() {
-            Some(text) => {
-                let mut resp = warp::reply::Response::new(text.into());
-                resp.headers_mut().insert(
-                    warp::http::header::CONTENT_TYPE,
-                    warp::http::HeaderValue::from_static(
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    ),
-                );
-                resp
+        .then(move || {
+            let state = Arc::clone(&state);
+            async move {
+                let _ = state.readiness().await;
+                match crate::metrics::render() {
+                    Some(text) => {
+                        let mut resp = warp::reply::Response::new(text.into());
+                        resp.headers_mut().insert(
+                            warp::http::header::CONTENT_TYPE,
+                            warp::http::HeaderValue::from_static(
+                                "text/plain; version=0.0.4; charset=utf-8",
+                            ),
+                        );
+                        resp
+                    }
+                    None => warp::reply::with_status(
+                        "metrics recorder not installed (another recorder was installed first)\n",
+                        StatusCode::SERVICE_UNAVAILABLE,
+                    )
+                    .into_response(),
+                }
             }
-            None => warp::reply::with_status(
-                "metrics recorder not installed (another recorder was installed first)\n",
-                StatusCode::SERVICE_UNAVAILABLE,
-            )
-            .into_response(),
         })
 }
 
@@ -187,7 +195,7 @@ fn metrics_route(
 pub fn metrics_routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone {
-    metrics_route()
+    metrics_route(Arc::clone(&state))
         .or(probe_routes(state))
         .unify()
         .or(warp::any().map(|| {
