@@ -7,6 +7,11 @@
 //! from the lockfile (`npm ci`) on first run. Without node/npm the test prints a
 //! SKIPPED line and passes, unless `YRELAY_REQUIRE_SERVICES=1`, in which case it
 //! fails.
+//!
+//! A second test drives one official client from Rust (`tests/compat/watch-text.mjs`) to check
+//! the REST round trip of an offline Rust client against a live official client.
+
+mod common;
 
 use std::ffi::OsStr;
 use std::io::Write;
@@ -74,7 +79,11 @@ fn kill_group(pid: u32) {
 
 /// Installs the suite's packages from the lockfile (`npm ci`) when they are missing or older
 /// than the lockfile, so `cargo test --workspace` alone runs the whole suite.
+/// Serializes installs: the tests of this file run in parallel threads.
+static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn ensure_packages(compat_dir: &Path) -> Result<(), String> {
+    let _one_at_a_time = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
     let modules = compat_dir.join("node_modules");
     let lock = compat_dir.join("package-lock.json");
     let installed = modules.join(".package-lock.json");
@@ -195,4 +204,137 @@ fn official_npm_clients_interoperate_with_yrelay() {
         status.success(),
         "the official-client compatibility suite failed ({status}); see the node test output above"
     );
+}
+
+/// Node, and the suite's packages, or the reason they are missing (skipped or failed like the
+/// suite).
+fn node_with_packages(compat_dir: &Path) -> Option<PathBuf> {
+    let Some(node) = find_on_path("node") else {
+        skip_or_fail("`node` not found on PATH");
+        return None;
+    };
+    if let Err(reason) = ensure_packages(compat_dir) {
+        skip_or_fail(&reason);
+        return None;
+    }
+    Some(node)
+}
+
+/// The REST round trip of the security issue: a Rust client that was offline fetches
+/// `state?sv=` with its own state vector, applies the diff, and posts only what the server
+/// lacks; an official y-websocket client connected the whole time sees the posted edit.
+#[test]
+#[allow(clippy::unwrap_used)]
+fn an_offline_rust_client_syncs_over_rest_and_a_live_official_client_sees_it() {
+    use std::io::{BufRead, BufReader};
+
+    use base64::Engine as _;
+    use yrelay_server::auth::{Authenticator, Role, Secret};
+    use yrs::updates::decoder::Decode;
+    use yrs::updates::encoder::Encode;
+    use yrs::{GetString, ReadTxn, Text, Transact};
+
+    let compat_dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("compat");
+    let Some(node) = node_with_packages(&compat_dir) else {
+        return;
+    };
+    const SECRET: &str = "rest-round-trip-secret-0123456789abcdef";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let server = common::TestServer::start_with(|c| {
+            c.auth.jwt_secret = Some(Secret::new(SECRET));
+        })
+        .await;
+        let auth = Authenticator::new(&server_settings(SECRET)).unwrap();
+        let token = auth
+            .mint("shared", Role::Editor, "rust-backend", 600)
+            .unwrap();
+        let ws_url = format!("ws://{}", server.addr);
+
+        // The live official client starts with the server's content.
+        let first = common::text_update(1, "server text. ");
+        let bearer = format!("Bearer {token}");
+        let h = [("Authorization", bearer.as_str())];
+        let posted = common::http(server.addr, "POST", "/v1/rooms/shared/update", &h, &first).await;
+        assert_eq!(posted.status, 200, "{}", posted.text());
+        let mut watcher = Command::new(&node)
+            .arg("watch-text.mjs")
+            .args([ws_url.as_str(), "shared", token.as_str(), "offline edit"])
+            .current_dir(&compat_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn node");
+        let mut lines = BufReader::new(watcher.stdout.take().unwrap()).lines();
+        let synced = tokio::task::spawn_blocking(move || {
+            let first = lines.next().map(|l| l.unwrap());
+            (first, lines)
+        });
+        let (first_line, mut lines) = synced.await.unwrap();
+        assert_eq!(
+            first_line.as_deref(),
+            Some("synced"),
+            "the official client did not sync"
+        );
+
+        // The Rust client: edited offline (its own text, in its own doc), knows nothing of the
+        // server's content yet.
+        let doc = yrs::Doc::with_client_id(42);
+        let text = doc.get_or_insert_text("t");
+        text.insert(&mut doc.transact_mut(), 0, "offline edit");
+        let sv = doc.transact().state_vector().encode_v1();
+        let sv = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sv);
+        let diff = common::http(
+            server.addr,
+            "GET",
+            &format!("/v1/rooms/shared/state?sv={sv}"),
+            &h,
+            b"",
+        )
+        .await;
+        assert_eq!(diff.status, 200);
+        doc.transact_mut()
+            .apply_update(yrs::Update::decode_v1(&diff.body).unwrap())
+            .unwrap();
+        assert!(text.get_string(&doc.transact()).contains("server text. "));
+        // Only what the server lacks goes up.
+        let server_sv =
+            common::http(server.addr, "GET", "/v1/rooms/shared/state-vector", &h, b"").await;
+        let server_sv = yrs::StateVector::decode_v1(&server_sv.body).unwrap();
+        let mine = doc.transact().encode_state_as_update_v1(&server_sv);
+        let posted = common::http(server.addr, "POST", "/v1/rooms/shared/update", &h, &mine).await;
+        assert_eq!(posted.status, 200, "{}", posted.text());
+        assert_eq!(posted.json()["changed"], true);
+
+        let seen = tokio::task::spawn_blocking(move || {
+            let line = lines.next().map(|l| l.unwrap());
+            let status = watcher.wait().unwrap();
+            (line, status)
+        });
+        let (line, status) = tokio::time::timeout(Duration::from_secs(20), seen)
+            .await
+            .expect("the official client never reported")
+            .unwrap();
+        assert!(status.success(), "official client: {line:?}");
+        let line = line.unwrap();
+        assert!(
+            line.contains("offline edit") && line.contains("server text. "),
+            "{line}"
+        );
+        assert_eq!(
+            line.trim_start_matches("seen: "),
+            text.get_string(&doc.transact()),
+            "both converged to the same text"
+        );
+    });
+}
+
+fn server_settings(secret: &str) -> yrelay_server::auth::AuthSettings {
+    yrelay_server::auth::AuthSettings {
+        jwt_secret: Some(yrelay_server::auth::Secret::new(secret)),
+        ..yrelay_server::auth::AuthSettings::default()
+    }
 }
