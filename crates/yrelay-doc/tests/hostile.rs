@@ -6,10 +6,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod mutation;
+
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 
+use mutation::{arb_mutation, mutate};
 use proptest::prelude::*;
 use yrelay_doc::validate::{
     validate_state_vector_v1, validate_update_runs_v1, validate_update_v1, ClientRun, InvalidInput,
@@ -886,49 +889,13 @@ proptest! {
     }
 }
 
-#[derive(Debug, Clone)]
-enum Mutation {
-    Set(usize, u8),
-    Xor(usize, u8),
-    Insert(usize, u8),
-    Remove(usize),
-    Truncate(usize),
-}
-
-fn mutate(seed: &[u8], m: &Mutation) -> Vec<u8> {
-    let mut out = seed.to_vec();
-    let at = |i: usize| i % seed.len().max(1);
-    match *m {
-        Mutation::Set(i, b) if !out.is_empty() => out[at(i)] = b,
-        Mutation::Xor(i, b) if !out.is_empty() => out[at(i)] ^= b,
-        Mutation::Insert(i, b) => out.insert(i % (seed.len() + 1), b),
-        Mutation::Remove(i) if !out.is_empty() => {
-            out.remove(at(i));
-        }
-        Mutation::Truncate(i) => out.truncate(i % (seed.len() + 1)),
-        _ => {}
-    }
-    out
-}
-
-fn arb_mutation() -> impl Strategy<Value = Mutation> {
-    prop_oneof![
-        3 => (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Set(i, b)),
-        3 => (any::<usize>(), prop::sample::select(vec![1u8, 2, 4, 8, 0x10, 0x20, 0x40, 0x80, 0xff]))
-            .prop_map(|(i, b)| Mutation::Xor(i, b)),
-        1 => (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Insert(i, b)),
-        1 => any::<usize>().prop_map(Mutation::Remove),
-        1 => any::<usize>().prop_map(Mutation::Truncate),
-    ]
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
 
     #[test]
     fn mutated_real_updates_are_safe(
         seed in any::<prop::sample::Index>(),
-        mutations in prop::collection::vec(arb_mutation(), 1..3),
+        mutations in prop::collection::vec(arb_mutation(false), 1..3),
     ) {
         thread_local! {
             static SEEDS: (Vec<Vec<u8>>, Vec<Vec<u8>>) = (mutation_seeds(), bases());
@@ -936,7 +903,7 @@ proptest! {
         SEEDS.with(|(seeds, bases)| {
             let mut bytes = seed.get(seeds).clone();
             for m in &mutations {
-                bytes = mutate(&bytes, m);
+                bytes = mutate(bytes, m);
             }
             let _ = accepted_bytes_are_safe(&bytes, bases);
         });
