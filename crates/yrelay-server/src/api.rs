@@ -121,11 +121,7 @@ fn room_access(
                   query: Option<String>,
                   peer: Option<PeerAddr>| {
                 let state = Arc::clone(&state);
-                let room = room_name_from_path(
-                    &format!("/{segment}"),
-                    state.config.limits.max_room_name_bytes,
-                )
-                .map_err(|e| json_error(StatusCode::BAD_REQUEST, e))?;
+                let room = room_from_segment(&state, &segment)?;
                 let identity = identify(&state, &headers, query.as_deref(), &room)
                     .map_err(|e| auth_refusal(&e))?;
                 if identity.role < role {
@@ -142,6 +138,16 @@ fn room_access(
                 })
             },
         )
+}
+
+/// The room named by a `/v1/rooms/{room}` path segment (percent-decoded, checked like a
+/// WebSocket room name), or 400.
+fn room_from_segment(state: &AppState, segment: &str) -> Result<String, Response> {
+    room_name_from_path(
+        &format!("/{segment}"),
+        state.config.limits.max_room_name_bytes,
+    )
+    .map_err(|e| json_error(StatusCode::BAD_REQUEST, e))
 }
 
 /// The admin key, or a token for `room`.
@@ -505,11 +511,7 @@ pub fn routes(
                     unwrap(
                     async move {
                         let state = state?;
-                        let room = room_name_from_path(
-                            &format!("/{segment}"),
-                            state.config.limits.max_room_name_bytes,
-                        )
-                        .map_err(|e| json_error(StatusCode::BAD_REQUEST, e))?;
+                        let room = room_from_segment(&state, &segment)?;
                         let req = RoomRequest {
                             room,
                             identity: Identity::anonymous_owner(),
@@ -695,11 +697,7 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    let room = room_name_from_path(
-        &format!("/{segment}"),
-        state.config.limits.max_room_name_bytes,
-    )
-    .map_err(|e| json_error(StatusCode::BAD_REQUEST, e))?;
+    let room = room_from_segment(&state, &segment)?;
     let body = read_body(&headers, body, MAX_JSON_BODY).await?;
     let new: NewToken = serde_json::from_slice(&body).map_err(|e| {
         json_error(
