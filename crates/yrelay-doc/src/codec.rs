@@ -172,14 +172,84 @@ pub enum ClientMessage {
 impl ClientMessage {
     /// A short, stable label for logs and metrics.
     pub fn kind(&self) -> &'static str {
+        let kind = match self {
+            ClientMessage::SyncStep1(_) => FrameKind::SyncStep1,
+            ClientMessage::SyncStep2(_) => FrameKind::SyncStep2,
+            ClientMessage::Update(_) => FrameKind::Update,
+            ClientMessage::Awareness(_) => FrameKind::Awareness,
+            ClientMessage::QueryAwareness => FrameKind::QueryAwareness,
+            ClientMessage::Auth => FrameKind::Auth,
+            ClientMessage::Unknown(_) => FrameKind::Unknown,
+        };
+        kind.label()
+    }
+}
+
+/// The kind of a frame, told from its first two bytes without decoding the payload.
+///
+/// Used to label traffic in metrics, in both directions, including frames that are later
+/// refused as malformed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// Sync, SyncStep1.
+    SyncStep1,
+    /// Sync, SyncStep2.
+    SyncStep2,
+    /// Sync, Update.
+    Update,
+    /// Awareness update (the keepalive frame is one too).
+    Awareness,
+    /// Query awareness.
+    QueryAwareness,
+    /// Auth (permission denied).
+    Auth,
+    /// Anything else: empty frames, undefined types, undefined sync subtypes.
+    Unknown,
+}
+
+impl FrameKind {
+    /// Every kind, in [`FrameKind::index`] order.
+    pub const ALL: [FrameKind; 7] = [
+        FrameKind::SyncStep1,
+        FrameKind::SyncStep2,
+        FrameKind::Update,
+        FrameKind::Awareness,
+        FrameKind::QueryAwareness,
+        FrameKind::Auth,
+        FrameKind::Unknown,
+    ];
+
+    /// Reads the kind of `frame` from its message type and, for sync messages, its subtype.
+    ///
+    /// Both are varuints; every defined value fits in one byte, so a first byte with the
+    /// continuation bit set is an undefined (large) value.
+    pub fn of(frame: &[u8]) -> FrameKind {
+        match (frame.first().copied(), frame.get(1).copied()) {
+            (Some(MSG_SYNC), Some(MSG_SYNC_STEP_1)) => FrameKind::SyncStep1,
+            (Some(MSG_SYNC), Some(MSG_SYNC_STEP_2)) => FrameKind::SyncStep2,
+            (Some(MSG_SYNC), Some(MSG_SYNC_UPDATE)) => FrameKind::Update,
+            (Some(MSG_AWARENESS), _) => FrameKind::Awareness,
+            (Some(MSG_QUERY_AWARENESS), _) => FrameKind::QueryAwareness,
+            (Some(MSG_AUTH), _) => FrameKind::Auth,
+            _ => FrameKind::Unknown,
+        }
+    }
+
+    /// The position of this kind in [`FrameKind::ALL`], for per-kind tallies in a fixed array.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// A short, stable label for logs and metrics.
+    pub fn label(self) -> &'static str {
         match self {
-            ClientMessage::SyncStep1(_) => "sync_step1",
-            ClientMessage::SyncStep2(_) => "sync_step2",
-            ClientMessage::Update(_) => "update",
-            ClientMessage::Awareness(_) => "awareness",
-            ClientMessage::QueryAwareness => "query_awareness",
-            ClientMessage::Auth => "auth",
-            ClientMessage::Unknown(_) => "unknown",
+            FrameKind::SyncStep1 => "sync_step1",
+            FrameKind::SyncStep2 => "sync_step2",
+            FrameKind::Update => "update",
+            FrameKind::Awareness => "awareness",
+            FrameKind::QueryAwareness => "query_awareness",
+            FrameKind::Auth => "auth",
+            FrameKind::Unknown => "unknown",
         }
     }
 }
@@ -365,6 +435,37 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use yrs::{Doc, GetString, ReadTxn, Text, Transact};
+
+    #[test]
+    fn frame_kind_matches_what_the_decoder_and_encoders_say() {
+        let update = real_update("kind");
+        let limits = ValidateLimits::default();
+        let frames = [
+            encode_sync_step1(&[0]),
+            encode_sync_step2(&update),
+            encode_sync_update(&update),
+            encode_awareness(&[0]),
+            encode_query_awareness(),
+            encode_auth_denied("no"),
+        ];
+        for frame in &frames {
+            let decoded = decode_client_message(frame, &limits).unwrap();
+            assert_eq!(FrameKind::of(frame).label(), decoded.kind(), "{frame:?}");
+        }
+        assert_eq!(FrameKind::of(KEEPALIVE_FRAME), FrameKind::Awareness);
+        for odd in [
+            &[][..],
+            &[0][..],
+            &[0, 3, 0][..],
+            &[4][..],
+            &[0x80, 0x01][..],
+        ] {
+            assert_eq!(FrameKind::of(odd), FrameKind::Unknown, "{odd:?}");
+        }
+        for (i, kind) in FrameKind::ALL.iter().enumerate() {
+            assert_eq!(kind.index(), i);
+        }
+    }
 
     fn real_update(text: &str) -> Vec<u8> {
         let doc = Doc::with_client_id(7);

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
-use yrelay_doc::codec::KEEPALIVE_FRAME;
+use yrelay_doc::codec::{FrameKind, KEEPALIVE_FRAME};
 use yrelay_doc::{decode_client_message, ClientMessage, ValidateLimits};
 
 use crate::auth::Identity;
@@ -229,7 +229,8 @@ async fn read_loop<St>(
             }
             Some(Ok(Incoming::Binary(frame))) => frame,
         };
-        metrics::counter!("yrelay_bytes_received_total").increment(frame.len() as u64);
+        metrics::counter!("yrelay_bytes_received_total", "type" => FrameKind::of(&frame).label())
+            .increment(frame.len() as u64);
         // Past the rate, stop reading for a while: the flood backs up in the sender's own TCP
         // connection and nobody else waits.
         if let Some(wait) = bucket.as_mut().and_then(TokenBucket::take) {
@@ -329,8 +330,14 @@ async fn write_loop<Si>(
                 guarded(sink.send(Outgoing::Ping), write_limit, &control.cancel).await
             }
             () = tokio::time::sleep_until(last_sent + keepalive) => {
+                let mut tally = SentTally::default();
+                tally.add(KEEPALIVE_FRAME);
                 let frame = Outgoing::Binary(Bytes::from_static(KEEPALIVE_FRAME));
-                guarded(sink.send(frame), write_limit, &control.cancel).await
+                let io = guarded(sink.send(frame), write_limit, &control.cancel).await;
+                if matches!(io, Io::Done) {
+                    tally.record();
+                }
+                io
             }
         };
         match io {
@@ -405,20 +412,45 @@ where
     Si: Sink<Outgoing> + Unpin,
 {
     const MAX_BATCH: usize = 256;
-    let mut written = first.len();
-    let mut frames = 1u64;
+    let mut tally = SentTally::default();
+    tally.add(&first);
     sink.feed(Outgoing::Binary(first)).await?;
     for _ in 1..MAX_BATCH {
         let Ok(frame) = rx.try_recv() else { break };
-        written += frame.len();
-        frames += 1;
+        tally.add(&frame);
         sink.feed(Outgoing::Binary(frame)).await?;
     }
     let flushed = sink.flush().await;
-    queued.fetch_sub(written, Ordering::AcqRel);
-    metrics::counter!("yrelay_bytes_sent_total").increment(written as u64);
-    metrics::counter!("yrelay_messages_sent_total").increment(frames);
+    queued.fetch_sub(tally.bytes, Ordering::AcqRel);
+    tally.record();
     flushed
+}
+
+/// Frames and bytes of one written batch, by frame kind, so the labelled counters are touched
+/// once per kind per batch rather than once per frame.
+#[derive(Default)]
+struct SentTally {
+    bytes: usize,
+    by_kind: [(u64, u64); FrameKind::ALL.len()],
+}
+
+impl SentTally {
+    fn add(&mut self, frame: &[u8]) {
+        self.bytes += frame.len();
+        let slot = &mut self.by_kind[FrameKind::of(frame).index()];
+        slot.0 += 1;
+        slot.1 += frame.len() as u64;
+    }
+
+    fn record(&self) {
+        for (kind, &(frames, bytes)) in FrameKind::ALL.iter().zip(&self.by_kind) {
+            if frames > 0 {
+                let label = kind.label();
+                metrics::counter!("yrelay_messages_sent_total", "type" => label).increment(frames);
+                metrics::counter!("yrelay_bytes_sent_total", "type" => label).increment(bytes);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

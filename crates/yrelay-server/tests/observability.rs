@@ -164,9 +164,33 @@ async fn metrics_after_real_traffic() {
     grew("yrelay_messages_received_total{type=\"update\"}");
     grew("yrelay_messages_received_total{type=\"awareness\"}");
     grew("yrelay_messages_received_total{type=\"sync_step1\"}");
-    grew("yrelay_messages_sent_total");
-    grew("yrelay_bytes_received_total");
-    grew("yrelay_bytes_sent_total");
+    grew("yrelay_bytes_received_total{type=\"update\"}");
+    grew("yrelay_bytes_received_total{type=\"awareness\"}");
+    grew("yrelay_bytes_received_total{type=\"sync_step1\"}");
+    // Out: the server's own SyncStep1 on join, the SyncStep2 answer, relayed updates and
+    // awareness.
+    grew("yrelay_messages_sent_total{type=\"sync_step1\"}");
+    grew("yrelay_messages_sent_total{type=\"sync_step2\"}");
+    grew("yrelay_messages_sent_total{type=\"update\"}");
+    grew("yrelay_messages_sent_total{type=\"awareness\"}");
+    grew("yrelay_bytes_sent_total{type=\"update\"}");
+    grew("yrelay_bytes_sent_total{type=\"sync_step2\"}");
+    // Per type, bytes out are at least twice the frames out (no frame of these types is
+    // shorter than two bytes), so bytes and frames are not swapped or mislabelled.
+    for kind in ["sync_step1", "sync_step2", "update", "awareness"] {
+        let frames = get(
+            &after,
+            &format!("yrelay_messages_sent_total{{type=\"{kind}\"}}"),
+        );
+        let bytes = get(
+            &after,
+            &format!("yrelay_bytes_sent_total{{type=\"{kind}\"}}"),
+        );
+        assert!(
+            bytes >= 2.0 * frames,
+            "{kind}: {frames} frames, {bytes} bytes"
+        );
+    }
     grew("yrelay_update_apply_seconds_count");
     grew("yrelay_fanout_seconds_count");
     grew("yrelay_persist_write_seconds_count");
