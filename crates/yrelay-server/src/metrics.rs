@@ -32,6 +32,24 @@ const COUNTS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
 ];
 
+/// Counters without labels, registered at zero when the recorder is installed, so a
+/// dashboard or an alert sees `0` (and `rate()` works) before the first event instead of no
+/// series at all. Labelled counters appear with their first event.
+const UNLABELLED_COUNTERS: &[&str] = &[
+    "yrelay_connections_opened_total",
+    "yrelay_persisted_updates_total",
+    "yrelay_persist_errors_total",
+    "yrelay_compactions_total",
+    "yrelay_room_load_errors_total",
+    "yrelay_viewer_writes_refused_total",
+    "yrelay_slow_consumer_disconnects_total",
+    "yrelay_ping_timeouts_total",
+    "yrelay_updates_refused_total",
+];
+
+/// Gauges registered at zero for the same reason.
+const GAUGES: &[&str] = &["yrelay_connections", "yrelay_rooms_loaded"];
+
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the recorder once per process; `None` if another recorder was installed first.
@@ -64,6 +82,12 @@ pub fn install() -> Option<&'static PrometheusHandle> {
             }
             metrics::gauge!("yrelay_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             describe();
+            for name in UNLABELLED_COUNTERS {
+                metrics::counter!(*name).increment(0);
+            }
+            for name in GAUGES {
+                metrics::gauge!(*name).increment(0.0);
+            }
             Some(handle)
         })
         .as_ref()

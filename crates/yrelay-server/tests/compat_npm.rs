@@ -13,8 +13,9 @@
 
 mod common;
 
+use common::{find_on_path, say};
+
 use std::ffi::OsStr;
-use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -24,28 +25,6 @@ const INSTALL_HINT: &str = "run: npm ci --prefix crates/yrelay-server/tests/comp
 
 /// Overall deadline for the node suite; each node test also has its own timeout.
 const DEFAULT_SUITE_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// Writes straight to stderr, so the line shows even when libtest captures output.
-fn say(line: &str) {
-    let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "{line}");
-    let _ = err.flush();
-}
-
-/// Finds an executable named `name` on PATH.
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| is_executable(candidate))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
 
 /// Major version of `node --version` (`v20.11.1` → 20).
 fn node_major_version(node: &Path) -> Option<u32> {
@@ -61,12 +40,7 @@ fn node_major_version(node: &Path) -> Option<u32> {
 
 /// Skips (prints why) or, when services are required, fails.
 fn skip_or_fail(reason: &str) {
-    if std::env::var("YRELAY_REQUIRE_SERVICES").as_deref() == Ok("1") {
-        panic!(
-            "compat_npm: {reason}, and YRELAY_REQUIRE_SERVICES=1 forbids skipping ({INSTALL_HINT})"
-        );
-    }
-    say(&format!("SKIPPED: compat_npm: {reason} ({INSTALL_HINT})"));
+    common::skip_or_fail("compat_npm", reason, INSTALL_HINT);
 }
 
 /// Stops the whole process group of the node runner (its per-file workers and

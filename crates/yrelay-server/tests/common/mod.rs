@@ -373,3 +373,35 @@ pub async fn http(
         body: rest,
     }
 }
+
+/// Writes straight to stderr, so the line shows even when libtest captures output.
+pub fn say(line: &str) {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{line}");
+    let _ = err.flush();
+}
+
+/// Finds an executable named `name` on PATH.
+pub fn find_on_path(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+pub fn is_executable(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// A test whose external program is missing prints a SKIPPED line and passes, unless
+/// `YRELAY_REQUIRE_SERVICES=1` (set by `.ci/run`), where a missing service is a failure.
+pub fn skip_or_fail(test: &str, reason: &str, install_hint: &str) {
+    if std::env::var("YRELAY_REQUIRE_SERVICES").as_deref() == Ok("1") {
+        panic!("{test}: {reason}, and YRELAY_REQUIRE_SERVICES=1 forbids skipping ({install_hint})");
+    }
+    say(&format!("SKIPPED: {test}: {reason} ({install_hint})"));
+}
