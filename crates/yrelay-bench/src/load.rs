@@ -110,6 +110,8 @@ struct Shared {
     phase: watch::Receiver<Phase>,
     connect_slots: Semaphore,
     settled: AtomicUsize,
+    /// Connected clients that stopped editing (saw `Drain`, or ended).
+    stopped: AtomicUsize,
     deliveries: AtomicU64,
     last_delivery_us: AtomicU64,
     run_start: std::sync::OnceLock<Instant>,
@@ -144,6 +146,7 @@ pub async fn run(spec: LoadSpec) -> LoadReport {
         spec: spec.clone(),
         phase,
         settled: AtomicUsize::new(0),
+        stopped: AtomicUsize::new(0),
         deliveries: AtomicU64::new(0),
         last_delivery_us: AtomicU64::new(0),
         run_start: std::sync::OnceLock::new(),
@@ -202,6 +205,12 @@ pub async fn run(spec: LoadSpec) -> LoadReport {
             .sum()
     };
     let drain_deadline = Instant::now() + spec.drain_timeout;
+    // First every client stops editing (an edit in flight when the window closes still counts
+    // and must be waited for), then the deliveries catch up.
+    let connected = || rooms.iter().map(|r| r.connected.load(Ordering::Acquire)).sum::<usize>();
+    while shared.stopped.load(Ordering::Acquire) < connected() && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     while shared.deliveries.load(Ordering::Acquire) < expected() && Instant::now() < drain_deadline
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -417,6 +426,7 @@ async fn client_task(
     let mut edits: Option<Interval> = None;
     let mut presence: Option<Interval> = None;
     let mut counted = 0usize;
+    let mut stopped = false;
     loop {
         tokio::select! {
             frame = client.next_binary() => match frame {
@@ -446,6 +456,10 @@ async fn client_task(
                     Phase::Drain => {
                         edits = None;
                         presence = None;
+                        if !stopped {
+                            stopped = true;
+                            shared.stopped.fetch_add(1, Ordering::AcqRel);
+                        }
                     }
                     Phase::Finish => break,
                     Phase::Connect => {}
@@ -477,6 +491,9 @@ async fn client_task(
                 shared.last_delivery_us.fetch_max(since, Ordering::AcqRel);
             }
         }
+    }
+    if !stopped {
+        shared.stopped.fetch_add(1, Ordering::AcqRel);
     }
     if out.ended.is_none() && out.error.is_none() {
         out.final_state = Some((client.clocks(), client.text()));
