@@ -2,6 +2,12 @@
 //!
 //! This module and [`crate::api`] (the REST routes) are the only ones that know about warp.
 //!
+//! The WebSocket handshake is answered here rather than by `warp::ws()`, whose `Ws` cannot set
+//! tungstenite's buffer sizes: its default 128 KiB read buffer, allocated and zero-filled per
+//! connection, was most of what an idle connection cost. [`ws_request`] makes the same checks
+//! as `warp::ws()` and takes hyper's upgrade handle from the request; [`upgrade`] answers 101
+//! and builds the socket with [`socket_config`].
+//!
 //! | route | answer |
 //! |---|---|
 //! | WebSocket upgrade on `/<room>` (any path) | y-websocket protocol for the percent-decoded room name |
@@ -17,11 +23,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use percent_encoding::percent_decode_str;
+use tokio_tungstenite::WebSocketStream;
 use tracing::debug;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
+use tungstenite::protocol::{Role, WebSocketConfig};
+use tungstenite::Message;
 use warp::filters::path::FullPath;
-use warp::filters::ws::{Message, WebSocket, Ws};
-use warp::http::{HeaderMap, StatusCode};
+use warp::http::{header, HeaderMap, HeaderValue, StatusCode};
 use warp::reply::Reply;
 use warp::Filter;
 
@@ -79,9 +91,8 @@ pub fn routes(
     let with_state = warp::any().map(move || Arc::clone(&state));
 
     let ws = warp::path::full()
-        .and(warp::ws())
+        .and(ws_request())
         .and(warp::ext::optional::<PeerAddr>())
-        .and(warp::header::headers_cloned())
         .and(
             warp::query::raw()
                 .map(Some)
@@ -91,12 +102,11 @@ pub fn routes(
         .and(with_state)
         .map(
             |path: FullPath,
-             ws: Ws,
+             (headers, on_upgrade): (HeaderMap, Option<OnUpgrade>),
              peer: Option<PeerAddr>,
-             headers: HeaderMap,
              query: Option<String>,
              state: Arc<AppState>| {
-                upgrade(&path, ws, peer, &headers, query.as_deref(), state)
+                upgrade(&path, on_upgrade, peer, &headers, query.as_deref(), state)
             },
         );
 
@@ -208,9 +218,59 @@ pub fn metrics_routes(
         .unify()
 }
 
+/// Matches a WebSocket upgrade request, with the checks `warp::ws()` makes (GET, `Connection:
+/// upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Version: 13`, a `Sec-WebSocket-Key`); other
+/// requests fall through to the next routes. Yields the headers and hyper's upgrade handle,
+/// which hyper puts in the extensions of every request that asks for an upgrade.
+fn ws_request(
+) -> impl Filter<Extract = ((HeaderMap, Option<OnUpgrade>),), Error = warp::Rejection> + Clone {
+    warp::get()
+        .and(warp::header::exact_ignore_case("upgrade", "websocket"))
+        .and(warp::header::exact("sec-websocket-version", "13"))
+        .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<OnUpgrade>())
+        .and_then(
+            |headers: HeaderMap, on_upgrade: Option<OnUpgrade>| async move {
+                let connection_upgrade = headers
+                    .get_all(header::CONNECTION)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(','))
+                    .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+                if connection_upgrade && headers.contains_key(header::SEC_WEBSOCKET_KEY) {
+                    Ok((headers, on_upgrade))
+                } else {
+                    Err(warp::reject::not_found())
+                }
+            },
+        )
+}
+
+/// Read buffer of a connection's socket. tungstenite allocates it when the socket is built
+/// and reads at most this much per call; a larger message is read into a buffer reserved for
+/// its whole length, so it does not cap message size. 4 KiB holds many ordinary updates and
+/// awareness messages per read.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// Outgoing frames are gathered until they pass this size, then written (every batch ends
+/// with a flush anyway). The buffer keeps the capacity it reached, so a small target keeps
+/// busy connections small too.
+const WRITE_BUFFER_BYTES: usize = 8 * 1024;
+
+/// tungstenite settings for a connection: small buffers (see [`READ_BUFFER_BYTES`] and
+/// [`WRITE_BUFFER_BYTES`]); messages and frames up to `max_message_bytes`.
+fn socket_config(max_message_bytes: usize) -> WebSocketConfig {
+    let mut config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES);
+    config.max_message_size = Some(max_message_bytes);
+    config.max_frame_size = Some(max_message_bytes);
+    config
+}
+
 fn upgrade(
     path: &FullPath,
-    ws: Ws,
+    on_upgrade: Option<OnUpgrade>,
     peer: Option<PeerAddr>,
     headers: &HeaderMap,
     query: Option<&str>,
@@ -270,29 +330,58 @@ fn upgrade(
             limits.max_connections_per_room
         ));
     };
-    let ws = ws
-        .max_message_size(limits.max_message_bytes)
-        .max_frame_size(limits.max_message_bytes);
-    // Held from the 101 answer on, so shutdown also waits for upgrades still completing.
-    let in_flight = state.tracker.token();
-    let reply = ws.on_upgrade(move |socket| async move {
-        let _slots = (in_flight, ip_slot, room_slot);
+    let Some(on_upgrade) = on_upgrade else {
+        // hyper gives every HTTP/1.1 upgrade request a handle; only another transport lacks it.
+        debug!("upgrade requested but the connection cannot be upgraded");
+        return warp::reply::with_status(
+            "this connection cannot be upgraded\n",
+            StatusCode::INTERNAL_SERVER_ERROR,
+        )
+        .into_response();
+    };
+    let Some(accept) = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|key| tungstenite::handshake::derive_accept_key(key.as_bytes()))
+        .and_then(|accept| HeaderValue::from_str(&accept).ok())
+    else {
+        // `ws_request` checked the key is there; the accept value is base64.
+        return warp::reply::with_status("missing Sec-WebSocket-Key\n", StatusCode::BAD_REQUEST)
+            .into_response();
+    };
+    let config = socket_config(limits.max_message_bytes);
+    // Tracked from the 101 answer on, so shutdown also waits for upgrades still completing.
+    state.tracker.clone().spawn(async move {
+        let _slots = (ip_slot, room_slot);
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(err) => {
+                debug!(error = %err, "websocket upgrade failed");
+                return;
+            }
+        };
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
         let peer: Arc<str> =
             peer.map_or_else(|| Arc::from("unknown"), |p| Arc::from(p.0.to_string()));
         let span = tracing::info_span!("conn", room = %name, peer = %peer, sub = %identity.subject);
         tracing::Instrument::instrument(serve_socket(name, socket, state, peer, identity), span)
             .await;
     });
-    let mut resp = reply.into_response();
+    let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     // A browser that offered its token as a subprotocol aborts unless one is chosen.
     if let Some(FoundToken {
         token,
         source: TokenSource::Subprotocol,
     }) = found
     {
-        if let Ok(value) = warp::http::HeaderValue::from_str(&token) {
+        if let Ok(value) = HeaderValue::from_str(&token) {
             resp.headers_mut()
-                .insert(warp::http::header::SEC_WEBSOCKET_PROTOCOL, value);
+                .insert(header::SEC_WEBSOCKET_PROTOCOL, value);
         }
     }
     resp
@@ -302,9 +391,12 @@ fn too_many(message: String) -> warp::reply::Response {
     warp::reply::with_status(format!("{message}\n"), StatusCode::TOO_MANY_REQUESTS).into_response()
 }
 
+/// The socket a connection is served on.
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
 async fn serve_socket(
     room: Arc<str>,
-    socket: WebSocket,
+    socket: Socket,
     state: Arc<AppState>,
     peer: Arc<str>,
     identity: Identity,
@@ -315,10 +407,16 @@ async fn serve_socket(
         Err(err) => Err(read_error(&err)),
     });
     let sink = sink.with(|out: Outgoing| async move {
-        Ok::<_, warp::Error>(match out {
-            Outgoing::Binary(b) => Message::binary(b),
-            Outgoing::Ping => Message::ping(Vec::new()),
-            Outgoing::Close(r) => Message::close_with(r.code, r.reason),
+        Ok::<_, tungstenite::Error>(match out {
+            Outgoing::Binary(b) => Message::Binary(b),
+            Outgoing::Ping => Message::Ping(bytes::Bytes::new()),
+            Outgoing::Close(r) => Message::Close(Some(CloseFrame {
+                code: CloseCode::from(r.code),
+                reason: match r.reason {
+                    std::borrow::Cow::Borrowed(s) => Utf8Bytes::from_static(s),
+                    std::borrow::Cow::Owned(s) => s.into(),
+                },
+            })),
         })
     });
     let ctx = ConnContext {
@@ -333,29 +431,21 @@ async fn serve_socket(
 }
 
 fn incoming(msg: Message) -> Incoming {
-    if msg.is_binary() {
-        Incoming::Binary(msg.into_bytes())
-    } else if msg.is_text() {
-        Incoming::Text
-    } else if msg.is_ping() {
-        Incoming::Ping
-    } else if msg.is_pong() {
-        Incoming::Pong
-    } else {
-        Incoming::Close
+    match msg {
+        Message::Binary(b) => Incoming::Binary(b),
+        Message::Text(_) => Incoming::Text,
+        Message::Ping(_) => Incoming::Ping,
+        Message::Pong(_) => Incoming::Pong,
+        // A raw frame is never yielded by a read.
+        Message::Close(_) | Message::Frame(_) => Incoming::Close,
     }
 }
 
-fn read_error(err: &warp::Error) -> ReadError {
-    use std::error::Error as _;
-    let mut source = err.source();
-    while let Some(e) = source {
-        if let Some(tungstenite::Error::Capacity(_)) = e.downcast_ref::<tungstenite::Error>() {
-            return ReadError::TooBig;
-        }
-        source = e.source();
+fn read_error(err: &tungstenite::Error) -> ReadError {
+    match err {
+        tungstenite::Error::Capacity(_) => ReadError::TooBig,
+        other => ReadError::Transport(other.to_string()),
     }
-    ReadError::Transport(err.to_string())
 }
 
 #[cfg(test)]
