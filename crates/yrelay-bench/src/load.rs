@@ -207,7 +207,12 @@ pub async fn run(spec: LoadSpec) -> LoadReport {
     let drain_deadline = Instant::now() + spec.drain_timeout;
     // First every client stops editing (an edit in flight when the window closes still counts
     // and must be waited for), then the deliveries catch up.
-    let connected = || rooms.iter().map(|r| r.connected.load(Ordering::Acquire)).sum::<usize>();
+    let connected = || {
+        rooms
+            .iter()
+            .map(|r| r.connected.load(Ordering::Acquire))
+            .sum::<usize>()
+    };
     while shared.stopped.load(Ordering::Acquire) < connected() && Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
