@@ -24,7 +24,46 @@ pub struct TestServer {
     pub metrics_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     pub task: Option<JoinHandle<()>>,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
+}
+
+/// Deletes directories that [`TestServer`]'s drop kept, once they are older than any test
+/// runs (their servers are long gone).
+fn prune_kept_dirs() {
+    let Ok(entries) = std::fs::read_dir(env!("CARGO_TARGET_TMPDIR")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(15 * 60));
+        if old
+            && entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("yrelay-test-")
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+impl Drop for TestServer {
+    /// A server that was not stopped and awaited may still be flushing sled when the test's
+    /// runtime shuts down (a blocking task drops the last store handle, and sled flushes on
+    /// drop). Deleting its directory under it made that flush wait forever, hanging the test
+    /// process. Such a directory is kept (under cargo's `target/tmp`); a stopped server's is
+    /// deleted.
+    fn drop(&mut self) {
+        if self.task.as_ref().is_some_and(|t| !t.is_finished()) {
+            if let Some(dir) = self.dir.take() {
+                let _ = dir.keep();
+            }
+        }
+    }
 }
 
 impl TestServer {
@@ -33,7 +72,11 @@ impl TestServer {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        prune_kept_dirs();
+        let dir = tempfile::Builder::new()
+            .prefix("yrelay-test-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap();
         let mut config = Config {
             data_dir: dir.path().to_owned(),
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -57,7 +100,7 @@ impl TestServer {
             metrics_addr,
             stop: Some(stop),
             task: Some(task),
-            _dir: dir,
+            dir: Some(dir),
         }
     }
 
