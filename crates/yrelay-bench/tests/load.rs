@@ -9,19 +9,28 @@ use yrelay_bench::{idle, load, null_relay, storm};
 struct Yrelay {
     url: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for Yrelay {
+    /// The server may still be flushing sled when the test ends; deleting its directory under
+    /// it can make that flush wait forever, so the directory is kept (under `target/tmp`, where
+    /// the server tests' harness prunes old `yrelay-test-*` directories).
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        if let Some(dir) = self.dir.take() {
+            let _ = dir.keep();
         }
     }
 }
 
 async fn yrelay() -> Yrelay {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("yrelay-test-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
     let mut config = yrelay_server::Config {
         data_dir: dir.path().to_owned(),
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -42,7 +51,7 @@ async fn yrelay() -> Yrelay {
     Yrelay {
         url: format!("ws://{addr}/{{room}}"),
         stop: Some(stop),
-        _dir: dir,
+        dir: Some(dir),
     }
 }
 
