@@ -16,6 +16,8 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use yrelay_doc::{RoomDoc, UpdateV1, ValidateLimits};
 use yrelay_store::{AppendEntry, SledStore, Store};
+// Seeded, so every run types the same text.
+use yrelay_testkit::Rng;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
 
@@ -38,21 +40,6 @@ fn full_run() -> bool {
 /// The limits the server applies to stored updates when it loads a room.
 const LOAD_LIMITS: ValidateLimits = ValidateLimits { max_depth: 1024 };
 
-/// A small deterministic PRNG (xorshift64), so every run types the same text.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u32) -> u32 {
-        (self.next() % u64::from(n)) as u32
-    }
-}
-
 /// `n` keystroke updates as an editor sends them: four clients take turns in sessions of 500
 /// keystrokes, each at its own cursor that jumps now and then; one keystroke in eight is a
 /// backspace. One update per keystroke, the way y-websocket sends them.
@@ -67,7 +54,7 @@ fn typing_log(n: usize) -> Vec<Vec<u8>> {
             (doc, text)
         })
         .collect();
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         let (doc, text) = &clients[(out.len() / SESSION) % clients.len()];
@@ -93,7 +80,7 @@ fn typing_log(n: usize) -> Vec<Vec<u8>> {
                 text.remove_range(&mut txn, cursor - 1, 1);
                 cursor -= 1;
             } else {
-                let ch = char::from(b'a' + (rng.below(26) as u8));
+                let ch = char::from(b'a' + (rng.below(26u32) as u8));
                 text.insert(&mut txn, cursor, ch.encode_utf8(&mut [0; 4]));
                 cursor += 1;
             }
@@ -288,7 +275,7 @@ fn big_document() -> Vec<u8> {
             .apply_update(Update::decode_v1(u).unwrap())
             .unwrap();
     }
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
     let words = [
         "lorem ",
         "ipsum ",
@@ -310,7 +297,7 @@ fn big_document() -> Vec<u8> {
     while state.len() < target {
         let mut paste = String::with_capacity(target / 100 + 16);
         while paste.len() < target / 100 {
-            paste.push_str(words[rng.below(words.len() as u32) as usize]);
+            paste.push_str(words[rng.below(words.len())]);
         }
         let mut txn = doc.transact_mut();
         let at = rng.below(text.len(&txn) + 1);

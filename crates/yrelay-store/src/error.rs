@@ -1,5 +1,9 @@
 //! The store's error type: one variant per cause, so the server can tell a broken disk
-//! ([`StoreError::Sled`]) from a caller mistake ([`StoreError::CompactRange`]).
+//! ([`StoreError::Sled`]) or an unreachable database ([`StoreError::Unavailable`]) from a
+//! caller mistake ([`StoreError::CompactRange`]).
+//!
+//! The PostgreSQL variants carry the driver's message as a `String`, so that the enum (and
+//! every `match` on it in the server) is the same with and without the `postgres` feature.
 
 use crate::Seq;
 
@@ -44,4 +48,40 @@ pub enum StoreError {
     /// A room name too long to be stored (more than `u32::MAX` bytes).
     #[error("room name of {0} bytes is too long")]
     RoomNameTooLong(usize),
+    /// The database cannot be reached, or the connection was lost during the operation
+    /// (PostgreSQL down or restarting, network trouble, connect timeout). Transient: the
+    /// store reconnects by itself on a later call. A write that failed this way may or may
+    /// not have been committed.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The database refused an operation (an SQL error, a missing table, a value of the
+    /// wrong type, ...). Not expected in operation; the message says what PostgreSQL said.
+    #[error("database error: {0}")]
+    Database(String),
+    /// The `merge` callback of [`crate::Store::compact_with`] failed; nothing was changed.
+    #[error("compaction merge failed: {0}")]
+    Merge(String),
+    /// [`crate::Store::import_room`] refused: the store already has the room (`deleted:
+    /// false`), or has a deleted room of that name whose counters are ahead of the imported
+    /// ones, so seqs or version ids would go back (`deleted: true`). An import never merges
+    /// two histories.
+    #[error("{}", if *.deleted {
+        format!("room {room:?} was deleted in this store with counters ahead of the imported room (its seqs or version ids would go back)")
+    } else {
+        format!("room {room:?} already exists in this store (an import never merges two histories)")
+    })]
+    RoomExists {
+        /// The room's name.
+        room: String,
+        /// Whether what is in the way is a deleted room's tombstone.
+        deleted: bool,
+    },
+    /// A [`crate::RoomDump`] given to [`crate::Store::import_room`] breaks the invariants of
+    /// a room (a log entry outside the seq range, versions out of order, ...).
+    #[error("invalid room dump: {0}")]
+    InvalidDump(String),
+    /// The store does not implement this operation (a store that only overrides the
+    /// required methods of [`crate::Store`], such as a test double).
+    #[error("{0} is not supported by this store")]
+    Unsupported(&'static str),
 }

@@ -18,10 +18,16 @@
 //! - [`MemoryStore`] (`memory.rs`): an in-memory double for unit tests of the server.
 //! - [`SledStore`] (`sled_store.rs`): the embedded default, on sled 0.34. Its key schema is
 //!   in `keys.rs`, drawn below.
-//! - `meta.rs`: per-room bookkeeping (next seq, counters) shared by both stores, so the two
-//!   cannot disagree on semantics.
-//! - `codec.rs`: the rmp-serde value encodings.
+//! - `PgStore` (`pg_store.rs`, cargo feature `postgres`, off by default): the shared store
+//!   of cluster mode, in PostgreSQL; its schema (`pg_migrations/*.sql`) is drawn below.
+//! - `meta.rs`: per-room bookkeeping (next seq, counters, what an import may replace) shared
+//!   by every store, so they cannot disagree on semantics.
+//! - `migrate.rs`: [`migrate`], which copies every room of one store into another with
+//!   [`Store::export_room`] / [`Store::import_room`] (`yrelay migrate`: sled → PostgreSQL).
+//! - `codec.rs`: the rmp-serde value encodings of [`SledStore`].
 //! - `locks.rs`: the per-room lock stripes of [`SledStore`].
+//! - `conformance.rs` (tests only): one set of cases run against every store, plus rooms
+//!   moved between every pair of stores.
 //!
 //! # Semantics shared by every store
 //!
@@ -34,6 +40,8 @@
 //!   version until it is deleted.
 //! - Audit records are kept when compaction folds their updates into the snapshot; only
 //!   [`Store::delete_room`] removes them.
+//! - [`Store::compact_with`] never runs twice at once for one room; an import never merges
+//!   into a room the store already has ([`StoreError::RoomExists`]).
 //!
 //! # The sled key schema
 //!
@@ -84,6 +92,43 @@
 //! on disk within half a second — but only what was flushed before a crash is guaranteed.
 //! Whatever survives, each batch (one `append`, `compact`, `save_version` or `delete_room`)
 //! survives whole or not at all.
+//!
+//! # The PostgreSQL schema (`PgStore`, feature `postgres`)
+//!
+//! One table per kind of record, created and upgraded by embedded migrations when the store
+//! opens (`yrelay_schema_migrations` records which ran; they run in one transaction under an
+//! advisory lock, so nodes starting together apply each exactly once; a database migrated by
+//! a newer yrelay is refused with [`StoreError::UnsupportedFormat`]). Names and other strings
+//! are `bytea` holding UTF-8 (PostgreSQL `text` cannot hold NUL, room names can):
+//!
+//! ```text
+//!  table                      primary key   columns
+//!  ─────────────────────────  ────────────  ─────────────────────────────────────────────────
+//!  yrelay_schema_migrations   version       description, applied_at
+//!  yrelay_rooms               room          live, next_seq, last_change_ms, snapshot_seq,
+//!                                           snapshot_bytes, tail_entries, tail_bytes,
+//!                                           next_version_id           (= RoomMeta; tombstones
+//!                                                                       have live = false)
+//!  yrelay_snapshots           room          seq, state                (absent until compacted)
+//!  yrelay_log                 (room, seq)   payload                   (the tail)
+//!  yrelay_audit               (room, seq)   author, origin, time_ms, bytes
+//!  yrelay_versions            (room, id)    kind, label, created_ms, seq, bytes, state
+//!                                           (listing selects all but state)
+//!  yrelay_health              id            checked_ms                (Store::check's write)
+//! ```
+//!
+//! Each operation is one transaction. A write of a room locks its `yrelay_rooms` row (`FOR
+//! UPDATE`, created on first use): appends from several nodes to one room queue there and
+//! get consecutive seqs. Compaction, deletion and import also take a per-room advisory lock
+//! (a 64-bit FNV-1a hash of the name); [`Store::compact_with`] only *tries* it, so a node
+//! finding another compacting the room skips at once. Reads run in `REPEATABLE READ READ
+//! ONLY` transactions, so a load sees one consistent state of the room.
+//!
+//! Durability: every write is a transaction committed before the call returns — with
+//! PostgreSQL's default `synchronous_commit = on`, on disk (WAL fsynced) — so `flush` does
+//! nothing. The store keeps a small connection pool and reconnects by itself after the
+//! database restarts; calls made while it is unreachable fail with
+//! [`StoreError::Unavailable`].
 
 mod codec;
 mod error;
@@ -91,6 +136,9 @@ mod keys;
 mod locks;
 mod memory;
 mod meta;
+mod migrate;
+#[cfg(feature = "postgres")]
+mod pg_store;
 mod sled_store;
 
 #[cfg(test)]
@@ -100,6 +148,9 @@ use serde::{Deserialize, Serialize};
 
 pub use error::StoreError;
 pub use memory::MemoryStore;
+pub use migrate::{migrate, MigrateOutcome, MigrateReport};
+#[cfg(feature = "postgres")]
+pub use pg_store::{PgOptions, PgStore};
 pub use sled_store::SledStore;
 
 /// Per-room sequence number of a log entry, starting at 1.
@@ -217,6 +268,38 @@ pub trait Store: Send + Sync + 'static {
     /// already dropped; a seq not yet given out would swallow future appends).
     fn compact(&self, room: &str, state: &[u8], upto: Seq) -> Result<()>;
 
+    /// Compacts from what the store holds — for cluster mode, where several nodes append to
+    /// one room and no node's memory is known to hold every log entry.
+    ///
+    /// Reads the room's snapshot and tail; with an empty tail returns `Ok(None)` and changes
+    /// nothing. Else calls `merge(&loaded)`, which must return a state containing the
+    /// snapshot and every tail entry, replaces the snapshot by it and removes the tail
+    /// entries it covers (seq <= `upto`, the last seq loaded; entries appended meanwhile
+    /// stay), and returns `Some(upto)`. A `merge` error becomes [`StoreError::Merge`] and
+    /// nothing changes.
+    ///
+    /// Two calls never compact one room at once: in one process a call waits for the other
+    /// ([`MemoryStore`], [`SledStore`]: the room's lock is held around `merge`), and with
+    /// the shared PostgreSQL store a node that finds another node compacting the room
+    /// returns `Ok(None)` at once (a per-room advisory lock). So `merge` must not call the
+    /// store itself, and should be quick for the room's other operations' sake.
+    ///
+    /// The provided implementation (load, merge, [`Store::compact`]) is only right for a
+    /// store with a single caller per room; the stores of this crate override it.
+    fn compact_with(
+        &self,
+        room: &str,
+        merge: &mut dyn FnMut(&LoadedRoom) -> std::result::Result<Vec<u8>, String>,
+    ) -> Result<Option<Seq>> {
+        let loaded = self.load(room)?;
+        let Some(&(upto, _)) = loaded.tail.last() else {
+            return Ok(None);
+        };
+        let state = merge(&loaded).map_err(StoreError::Merge)?;
+        self.compact(room, &state, upto)?;
+        Ok(Some(upto))
+    }
+
     /// Every existing room, sorted by name.
     fn list_rooms(&self) -> Result<Vec<RoomInfo>>;
 
@@ -249,4 +332,68 @@ pub trait Store: Send + Sync + 'static {
     /// Proves the store can still write durably (readiness probe): writes a small probe
     /// record and flushes it.
     fn check(&self) -> Result<()>;
+
+    /// The name of every room the store holds anything for, *deleted rooms' tombstones
+    /// included* (unlike [`Store::list_rooms`]), sorted: what [`migrate`] copies.
+    ///
+    /// The provided implementation lists [`Store::list_rooms`] (a store without
+    /// tombstones); the stores of this crate override it.
+    fn room_names(&self) -> Result<Vec<String>> {
+        Ok(self.list_rooms()?.into_iter().map(|r| r.name).collect())
+    }
+
+    /// Everything of one room, to move it to another store with [`Store::import_room`]:
+    /// `None` for a name the store knows nothing of; a deleted room exports its tombstone
+    /// (`live: false`, only the counters). Read consistently (no write of the room is seen
+    /// half).
+    ///
+    /// The provided implementation refuses ([`StoreError::Unsupported`]).
+    fn export_room(&self, room: &str) -> Result<Option<RoomDump>> {
+        let _ = room;
+        Err(StoreError::Unsupported("export_room"))
+    }
+
+    /// Creates a room from a [`RoomDump`] (of another store), so that every answer about it
+    /// — [`Store::load`], [`Store::list_rooms`], [`Store::list_versions`],
+    /// [`Store::get_version`], [`Store::audit`], and the seqs and version ids handed out
+    /// next — equals the source's. All or nothing.
+    ///
+    /// Refuses with [`StoreError::RoomExists`] when the store already has the room live,
+    /// or a tombstone of it whose counters are ahead of the dump's (so a migration never
+    /// merges two histories silently); a tombstone that is not ahead is replaced. Refuses a
+    /// dump that breaks a room's invariants with [`StoreError::InvalidDump`].
+    ///
+    /// The provided implementation refuses ([`StoreError::Unsupported`]).
+    fn import_room(&self, dump: &RoomDump) -> Result<()> {
+        let _ = dump;
+        Err(StoreError::Unsupported("import_room"))
+    }
+}
+
+/// Everything of one room, as [`Store::export_room`] reads it and [`Store::import_room`]
+/// writes it: the log (snapshot and tail), the counters, the audit trail and the versions.
+///
+/// A deleted room's tombstone has `live: false`, its counters, and nothing else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomDump {
+    /// The room's name.
+    pub room: String,
+    /// Whether the room exists; `false` for a deleted room's tombstone.
+    pub live: bool,
+    /// The compacted state, if the room was compacted.
+    pub snapshot: Option<Vec<u8>>,
+    /// Last seq folded into the snapshot (0: none).
+    pub snapshot_seq: Seq,
+    /// The log entries after the snapshot, oldest first.
+    pub tail: Vec<(Seq, Vec<u8>)>,
+    /// Seq the next append gets.
+    pub next_seq: Seq,
+    /// Every audit record (also of entries folded into the snapshot), oldest first.
+    pub audit: Vec<AuditRecord>,
+    /// Every version with its state, oldest first.
+    pub versions: Vec<(VersionInfo, Vec<u8>)>,
+    /// Id the next version gets.
+    pub next_version_id: u64,
+    /// [`RoomInfo::last_change_ms`].
+    pub last_change_ms: u64,
 }

@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use crate::meta::{count64, len64, RoomMeta};
+use crate::meta::{len64, RoomMeta};
 use crate::{
-    AppendEntry, AuditRecord, LoadedRoom, Result, RoomInfo, Seq, Store, VersionInfo, VersionKind,
+    AppendEntry, AuditRecord, LoadedRoom, Result, RoomDump, RoomInfo, Seq, Store, StoreError,
+    VersionInfo, VersionKind,
 };
 
 /// Everything of one room.
@@ -27,6 +28,34 @@ pub struct MemoryStore {
     /// few map operations with no I/O, called from blocking threads (never held across an
     /// `.await`), so an async mutex would only add cost.
     rooms: Mutex<BTreeMap<String, Room>>,
+}
+
+impl Room {
+    fn loaded(&self) -> LoadedRoom {
+        LoadedRoom {
+            snapshot: self.snapshot.clone(),
+            snapshot_seq: self.meta.snapshot_seq,
+            tail: self.tail.iter().map(|(seq, u)| (*seq, u.clone())).collect(),
+            next_seq: self.meta.next_seq,
+        }
+    }
+
+    /// Compacts up to `upto` into `state`; changes nothing if it fails.
+    fn compact(&mut self, state: &[u8], upto: Seq) -> Result<()> {
+        let mut meta = self.meta.clone();
+        meta.check_compact(upto)?;
+        let first_kept = upto.checked_add(1);
+        let (entries, bytes) = self
+            .tail
+            .iter()
+            .filter(|(seq, _)| first_kept.is_none_or(|first| **seq < first))
+            .fold((0, 0), |(n, b), (_, u)| (n + 1, b + len64(u)));
+        meta.compacted(upto, len64(state), entries, bytes)?;
+        self.tail = first_kept.map_or_else(BTreeMap::new, |first| self.tail.split_off(&first));
+        self.meta = meta;
+        self.snapshot = Some(state.to_vec());
+        Ok(())
+    }
 }
 
 impl MemoryStore {
@@ -63,35 +92,45 @@ impl Store for MemoryStore {
     }
 
     fn load(&self, room: &str) -> Result<LoadedRoom> {
-        let rooms = self.rooms();
-        let Some(r) = rooms.get(room) else {
-            return Ok(LoadedRoom {
+        Ok(self.rooms().get(room).map_or_else(
+            || LoadedRoom {
                 next_seq: RoomMeta::default().next_seq,
                 ..LoadedRoom::default()
-            });
-        };
-        Ok(LoadedRoom {
-            snapshot: r.snapshot.clone(),
-            snapshot_seq: r.meta.snapshot_seq,
-            tail: r.tail.iter().map(|(seq, u)| (*seq, u.clone())).collect(),
-            next_seq: r.meta.next_seq,
-        })
+            },
+            Room::loaded,
+        ))
     }
 
     fn compact(&self, room: &str, state: &[u8], upto: Seq) -> Result<()> {
         let mut rooms = self.rooms();
-        let mut meta = rooms.get(room).map(|r| r.meta.clone()).unwrap_or_default();
-        meta.check_compact(upto)?;
-        let r = rooms.entry(room.to_owned()).or_default();
-        let kept = upto
-            .checked_add(1)
-            .map_or_else(BTreeMap::new, |first| r.tail.split_off(&first));
-        let removed = std::mem::replace(&mut r.tail, kept);
-        let bytes = removed.values().map(|u| len64(u)).sum();
-        meta.compacted(upto, len64(state), count64(removed.len()), bytes)?;
-        r.meta = meta;
-        r.snapshot = Some(state.to_vec());
-        Ok(())
+        match rooms.get_mut(room) {
+            Some(r) => r.compact(state, upto),
+            None => {
+                // A refused compaction must not create the room.
+                let mut r = Room::default();
+                r.compact(state, upto)?;
+                rooms.insert(room.to_owned(), r);
+                Ok(())
+            }
+        }
+    }
+
+    /// Holds the store's lock from the load through `merge` to the compaction.
+    fn compact_with(
+        &self,
+        room: &str,
+        merge: &mut dyn FnMut(&LoadedRoom) -> std::result::Result<Vec<u8>, String>,
+    ) -> Result<Option<Seq>> {
+        let mut rooms = self.rooms();
+        let Some(r) = rooms.get_mut(room) else {
+            return Ok(None);
+        };
+        let Some(&upto) = r.tail.keys().next_back() else {
+            return Ok(None);
+        };
+        let state = merge(&r.loaded()).map_err(StoreError::Merge)?;
+        r.compact(&state, upto)?;
+        Ok(Some(upto))
     }
 
     fn list_rooms(&self) -> Result<Vec<RoomInfo>> {
@@ -104,6 +143,49 @@ impl Store for MemoryStore {
     }
 
     fn check(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn room_names(&self) -> Result<Vec<String>> {
+        Ok(self.rooms().keys().cloned().collect())
+    }
+
+    fn export_room(&self, room: &str) -> Result<Option<RoomDump>> {
+        let rooms = self.rooms();
+        Ok(rooms.get(room).map(|r| RoomDump {
+            room: room.to_owned(),
+            live: r.meta.live,
+            snapshot: r.snapshot.clone(),
+            snapshot_seq: r.meta.snapshot_seq,
+            tail: r.tail.iter().map(|(seq, u)| (*seq, u.clone())).collect(),
+            next_seq: r.meta.next_seq,
+            audit: r.audit.values().cloned().collect(),
+            versions: r.versions.values().cloned().collect(),
+            next_version_id: r.meta.next_version_id,
+            last_change_ms: r.meta.last_change_ms,
+        }))
+    }
+
+    fn import_room(&self, dump: &RoomDump) -> Result<()> {
+        let meta = RoomMeta::of_dump(dump)?;
+        let mut rooms = self.rooms();
+        if let Some(existing) = rooms.get(&dump.room) {
+            existing.meta.check_import(&dump.room, &meta)?;
+        }
+        rooms.insert(
+            dump.room.clone(),
+            Room {
+                meta,
+                snapshot: dump.snapshot.clone(),
+                tail: dump.tail.iter().cloned().collect(),
+                audit: dump.audit.iter().map(|r| (r.seq, r.clone())).collect(),
+                versions: dump
+                    .versions
+                    .iter()
+                    .map(|(info, state)| (info.id, (info.clone(), state.clone())))
+                    .collect(),
+            },
+        );
         Ok(())
     }
 

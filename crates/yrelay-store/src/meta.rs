@@ -1,13 +1,14 @@
 //! Per-room bookkeeping shared by both stores: which seq and version id come next, what the
 //! snapshot covers, and the counters [`crate::Store::list_rooms`] reports.
 //!
-//! Both [`crate::MemoryStore`] and [`crate::SledStore`] update a [`RoomMeta`] with these
-//! methods and then write it together with the data it describes, so the two stores share one
-//! definition of the semantics (seqs never go back, tombstones, compaction range checks).
+//! Every store ([`crate::MemoryStore`], [`crate::SledStore`] and the PostgreSQL store) updates
+//! a [`RoomMeta`] with these methods and then writes it together with the data it describes,
+//! so they share one definition of the semantics (seqs never go back, tombstones, compaction
+//! range checks, what an import may replace).
 
 use serde::{Deserialize, Serialize};
 
-use crate::{AppendEntry, AuditRecord, Result, RoomInfo, Seq, StoreError};
+use crate::{AppendEntry, AuditRecord, Result, RoomDump, RoomInfo, Seq, StoreError};
 
 /// A room's counters. Stored by [`crate::SledStore`] under the room's `'m'` key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +138,108 @@ impl RoomMeta {
             next_version_id: self.next_version_id,
             ..Self::default()
         };
+    }
+
+    /// The counters a room imported from `dump` gets, after checking that the dump is a
+    /// room some store could hold (see [`StoreError::InvalidDump`]).
+    pub fn of_dump(dump: &RoomDump) -> Result<Self> {
+        let invalid = |what: String| {
+            Err(StoreError::InvalidDump(format!(
+                "room {:?}: {what}",
+                dump.room
+            )))
+        };
+        if dump.next_seq == 0 || dump.next_version_id == 0 {
+            return invalid("next_seq and next_version_id start at 1".to_owned());
+        }
+        if !dump.live
+            && (dump.snapshot.is_some()
+                || dump.snapshot_seq != 0
+                || !dump.tail.is_empty()
+                || !dump.audit.is_empty()
+                || !dump.versions.is_empty()
+                || dump.last_change_ms != 0)
+        {
+            return invalid("a deleted room holds nothing but its counters".to_owned());
+        }
+        if dump.snapshot_seq >= dump.next_seq {
+            return invalid(format!(
+                "snapshot at seq {} but next_seq {}",
+                dump.snapshot_seq, dump.next_seq
+            ));
+        }
+        if dump.snapshot.is_none() && dump.snapshot_seq != 0 {
+            return invalid(format!(
+                "no snapshot, but snapshot_seq {}",
+                dump.snapshot_seq
+            ));
+        }
+        let mut last = dump.snapshot_seq;
+        for (seq, _) in &dump.tail {
+            if *seq <= last || *seq >= dump.next_seq {
+                return invalid(format!(
+                    "log entry {seq} out of order or outside {}..{}",
+                    dump.snapshot_seq, dump.next_seq
+                ));
+            }
+            last = *seq;
+        }
+        let mut last = 0;
+        for record in &dump.audit {
+            if record.seq <= last || record.seq >= dump.next_seq {
+                return invalid(format!(
+                    "audit record {} out of order or at/after next_seq {}",
+                    record.seq, dump.next_seq
+                ));
+            }
+            last = record.seq;
+        }
+        let mut last = 0;
+        for (info, state) in &dump.versions {
+            if info.id <= last || info.id >= dump.next_version_id {
+                return invalid(format!(
+                    "version {} out of order or at/after next_version_id {}",
+                    info.id, dump.next_version_id
+                ));
+            }
+            if info.bytes != len64(state) {
+                return invalid(format!(
+                    "version {} says {} bytes but its state has {}",
+                    info.id,
+                    info.bytes,
+                    state.len()
+                ));
+            }
+            last = info.id;
+        }
+        Ok(Self {
+            live: dump.live,
+            next_seq: dump.next_seq,
+            last_change_ms: dump.last_change_ms,
+            snapshot_seq: dump.snapshot_seq,
+            snapshot_bytes: dump.snapshot.as_deref().map_or(0, len64),
+            tail_entries: count64(dump.tail.len()),
+            tail_bytes: dump.tail.iter().map(|(_, u)| len64(u)).sum(),
+            next_version_id: dump.next_version_id,
+        })
+    }
+
+    /// Refuses to import `imported` over this room (what the target store has under the
+    /// name): a live room is never replaced, a tombstone only if its counters are not ahead.
+    pub fn check_import(&self, room: &str, imported: &RoomMeta) -> Result<()> {
+        if self.live {
+            return Err(StoreError::RoomExists {
+                room: room.to_owned(),
+                deleted: false,
+            });
+        }
+        if self.next_seq > imported.next_seq || self.next_version_id > imported.next_version_id {
+            return Err(StoreError::RoomExists {
+                room: room.to_owned(),
+                deleted: true,
+            });
+        }
+        Ok(())
     }
 
     /// The room as [`crate::Store::list_rooms`] reports it.

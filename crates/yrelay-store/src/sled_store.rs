@@ -13,8 +13,8 @@ use crate::keys::{self, RoomKeys};
 use crate::locks::RoomLocks;
 use crate::meta::{count64, len64, RoomMeta};
 use crate::{
-    AppendEntry, AuditRecord, LoadedRoom, Result, RoomInfo, Seq, Store, StoreError, VersionInfo,
-    VersionKind,
+    AppendEntry, AuditRecord, LoadedRoom, Result, RoomDump, RoomInfo, Seq, Store, StoreError,
+    VersionInfo, VersionKind,
 };
 
 /// Name of the sled tree holding everything.
@@ -115,6 +115,80 @@ impl SledStore {
             })
             .collect()
     }
+
+    /// [`Store::load`] with the room's stripe held; also returns the room's meta.
+    fn load_locked(&self, room: &str, keys: &RoomKeys) -> Result<(RoomMeta, LoadedRoom)> {
+        let meta = self.meta(keys)?.unwrap_or_default();
+        let snapshot = match self.tree.get(keys.snapshot())? {
+            Some(v) => {
+                let snapshot: Snapshot<'_> = decode(&v)?;
+                if snapshot.seq != meta.snapshot_seq {
+                    return Err(StoreError::Corrupt(format!(
+                        "room {room:?}: snapshot at seq {} but meta says {}",
+                        snapshot.seq, meta.snapshot_seq
+                    )));
+                }
+                Some(snapshot.state.into_owned())
+            }
+            None if meta.snapshot_seq != 0 => {
+                return Err(StoreError::Corrupt(format!(
+                    "room {room:?}: snapshot at seq {} is missing",
+                    meta.snapshot_seq
+                )));
+            }
+            None => None,
+        };
+        let tail = self.numbered(keys.log_prefix(), |v| {
+            Ok(decode::<LogEntry<'_>>(v)?.update.into_owned())
+        })?;
+        let in_range = |seq: &Seq| *seq > meta.snapshot_seq && *seq < meta.next_seq;
+        if let Some((seq, _)) = tail.iter().find(|(seq, _)| !in_range(seq)) {
+            return Err(StoreError::Corrupt(format!(
+                "room {room:?}: log entry {seq} outside {}..{}",
+                meta.snapshot_seq, meta.next_seq
+            )));
+        }
+        if count64(tail.len()) != meta.tail_entries {
+            return Err(StoreError::Corrupt(format!(
+                "room {room:?}: {} log entries but meta counts {}",
+                tail.len(),
+                meta.tail_entries
+            )));
+        }
+        let loaded = LoadedRoom {
+            snapshot,
+            snapshot_seq: meta.snapshot_seq,
+            tail,
+            next_seq: meta.next_seq,
+        };
+        Ok((meta, loaded))
+    }
+
+    /// [`Store::compact`] with the room's stripe held.
+    fn compact_locked(&self, keys: &RoomKeys, state: &[u8], upto: Seq) -> Result<()> {
+        let mut meta = self.meta(keys)?.unwrap_or_default();
+        meta.check_compact(upto)?;
+        // One batch: the new snapshot, the removal of the folded entries and the new meta.
+        let mut batch = Batch::default();
+        let (mut entries, mut bytes) = (0, 0);
+        for kv in self.tree.range(keys.log(0)..=keys.log(upto)) {
+            let (k, v) = kv?;
+            bytes += len64(&decode::<LogEntry<'_>>(&v)?.update);
+            entries += 1;
+            batch.remove(k);
+        }
+        meta.compacted(upto, len64(state), entries, bytes)?;
+        batch.insert(
+            keys.snapshot(),
+            encode(&Snapshot {
+                seq: upto,
+                state: Cow::Borrowed(state),
+            })?,
+        );
+        batch.insert(keys.meta(), encode(&meta)?);
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
 }
 
 /// Opens the sled database, retrying for [`LOCK_RETRY`] while its lock is held.
@@ -166,76 +240,30 @@ impl Store for SledStore {
     fn load(&self, room: &str) -> Result<LoadedRoom> {
         let keys = RoomKeys::new(room)?;
         let _room = self.locks.lock(room);
-        let meta = self.meta(&keys)?.unwrap_or_default();
-        let snapshot = match self.tree.get(keys.snapshot())? {
-            Some(v) => {
-                let snapshot: Snapshot<'_> = decode(&v)?;
-                if snapshot.seq != meta.snapshot_seq {
-                    return Err(StoreError::Corrupt(format!(
-                        "room {room:?}: snapshot at seq {} but meta says {}",
-                        snapshot.seq, meta.snapshot_seq
-                    )));
-                }
-                Some(snapshot.state.into_owned())
-            }
-            None if meta.snapshot_seq != 0 => {
-                return Err(StoreError::Corrupt(format!(
-                    "room {room:?}: snapshot at seq {} is missing",
-                    meta.snapshot_seq
-                )));
-            }
-            None => None,
-        };
-        let tail = self.numbered(keys.log_prefix(), |v| {
-            Ok(decode::<LogEntry<'_>>(v)?.update.into_owned())
-        })?;
-        let in_range = |seq: &Seq| *seq > meta.snapshot_seq && *seq < meta.next_seq;
-        if let Some((seq, _)) = tail.iter().find(|(seq, _)| !in_range(seq)) {
-            return Err(StoreError::Corrupt(format!(
-                "room {room:?}: log entry {seq} outside {}..{}",
-                meta.snapshot_seq, meta.next_seq
-            )));
-        }
-        if count64(tail.len()) != meta.tail_entries {
-            return Err(StoreError::Corrupt(format!(
-                "room {room:?}: {} log entries but meta counts {}",
-                tail.len(),
-                meta.tail_entries
-            )));
-        }
-        Ok(LoadedRoom {
-            snapshot,
-            snapshot_seq: meta.snapshot_seq,
-            tail,
-            next_seq: meta.next_seq,
-        })
+        Ok(self.load_locked(room, &keys)?.1)
     }
 
     fn compact(&self, room: &str, state: &[u8], upto: Seq) -> Result<()> {
         let keys = RoomKeys::new(room)?;
         let _room = self.locks.lock(room);
-        let mut meta = self.meta(&keys)?.unwrap_or_default();
-        meta.check_compact(upto)?;
-        // One batch: the new snapshot, the removal of the folded entries and the new meta.
-        let mut batch = Batch::default();
-        let (mut entries, mut bytes) = (0, 0);
-        for kv in self.tree.range(keys.log(0)..=keys.log(upto)) {
-            let (k, v) = kv?;
-            bytes += len64(&decode::<LogEntry<'_>>(&v)?.update);
-            entries += 1;
-            batch.remove(k);
-        }
-        meta.compacted(upto, len64(state), entries, bytes)?;
-        batch.insert(
-            keys.snapshot(),
-            encode(&Snapshot {
-                seq: upto,
-                state: Cow::Borrowed(state),
-            })?,
-        );
-        batch.insert(keys.meta(), encode(&meta)?);
-        self.tree.apply_batch(batch)?;
-        Ok(())
+        self.compact_locked(&keys, state, upto)
+    }
+
+    /// Holds the room's lock stripe from the load through `merge` to the compaction.
+    fn compact_with(
+        &self,
+        room: &str,
+        merge: &mut dyn FnMut(&LoadedRoom) -> std::result::Result<Vec<u8>, String>,
+    ) -> Result<Option<Seq>> {
+        let keys = RoomKeys::new(room)?;
+        let _room = self.locks.lock(room);
+        let (_, loaded) = self.load_locked(room, &keys)?;
+        let Some(&(upto, _)) = loaded.tail.last() else {
+            return Ok(None);
+        };
+        let state = merge(&loaded).map_err(StoreError::Merge)?;
+        self.compact_locked(&keys, &state, upto)?;
+        Ok(Some(upto))
     }
 
     fn list_rooms(&self) -> Result<Vec<RoomInfo>> {
@@ -362,6 +390,94 @@ impl Store for SledStore {
             .take(limit)
             .map(|kv| decode(&kv?.1))
             .collect()
+    }
+
+    fn room_names(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        for k in self.tree.scan_prefix([keys::META]).keys() {
+            names.push(keys::room_of_meta_key(&k?)?);
+        }
+        // Keys sort by name length first.
+        names.sort();
+        Ok(names)
+    }
+
+    fn export_room(&self, room: &str) -> Result<Option<RoomDump>> {
+        let keys = RoomKeys::new(room)?;
+        let _room = self.locks.lock(room);
+        if self.meta(&keys)?.is_none() {
+            return Ok(None);
+        }
+        let (meta, loaded) = self.load_locked(room, &keys)?;
+        let audit = self
+            .tree
+            .scan_prefix(keys.audit_prefix())
+            .values()
+            .map(|v| decode(&v?))
+            .collect::<Result<Vec<AuditRecord>>>()?;
+        let mut versions = Vec::new();
+        for (id, info) in self.numbered(keys.version_info_prefix(), |v| decode::<VersionInfo>(v))? {
+            let state = self.tree.get(keys.version_state(id))?.ok_or_else(|| {
+                StoreError::Corrupt(format!("room {room:?}: state of version {id} is missing"))
+            })?;
+            versions.push((info, decode::<VersionState<'_>>(&state)?.state.into_owned()));
+        }
+        Ok(Some(RoomDump {
+            room: room.to_owned(),
+            live: meta.live,
+            snapshot: loaded.snapshot,
+            snapshot_seq: loaded.snapshot_seq,
+            tail: loaded.tail,
+            next_seq: loaded.next_seq,
+            audit,
+            versions,
+            next_version_id: meta.next_version_id,
+            last_change_ms: meta.last_change_ms,
+        }))
+    }
+
+    fn import_room(&self, dump: &RoomDump) -> Result<()> {
+        let meta = RoomMeta::of_dump(dump)?;
+        let keys = RoomKeys::new(&dump.room)?;
+        let _room = self.locks.lock(&dump.room);
+        if let Some(existing) = self.meta(&keys)? {
+            // A tombstone holds no data, so nothing else needs removing.
+            existing.check_import(&dump.room, &meta)?;
+        }
+        // One batch: the room appears whole or not at all.
+        let mut batch = Batch::default();
+        if let Some(state) = &dump.snapshot {
+            batch.insert(
+                keys.snapshot(),
+                encode(&Snapshot {
+                    seq: dump.snapshot_seq,
+                    state: Cow::Borrowed(state),
+                })?,
+            );
+        }
+        for (seq, update) in &dump.tail {
+            batch.insert(
+                keys.log(*seq),
+                encode(&LogEntry {
+                    update: Cow::Borrowed(update),
+                })?,
+            );
+        }
+        for record in &dump.audit {
+            batch.insert(keys.audit(record.seq), encode(record)?);
+        }
+        for (info, state) in &dump.versions {
+            batch.insert(keys.version_info(info.id), encode(info)?);
+            batch.insert(
+                keys.version_state(info.id),
+                encode(&VersionState {
+                    state: Cow::Borrowed(state),
+                })?,
+            );
+        }
+        batch.insert(keys.meta(), encode(&meta)?);
+        self.tree.apply_batch(batch)?;
+        Ok(())
     }
 }
 

@@ -1,4 +1,5 @@
-//! Model test of both stores (convention 13): random sequences of appends (real Yjs updates
+//! Model test of every store (convention 13; PostgreSQL with the `postgres` feature, on a
+//! private server started by the test): random sequences of appends (real Yjs updates
 //! made with yrs by a few writer documents per room), compactions, versions, deletions and
 //! reboots, checked after every step against an in-memory model.
 //!
@@ -235,6 +236,74 @@ impl Harness for SledHarness {
     }
 }
 
+/// PostgreSQL: one private server per test binary, a fresh database per case; a reboot drops
+/// the store (its connections) and opens it again on the same database, and every
+/// [`pg::RESTART_EVERY`]th reboot also restarts the server (alternately a fast shutdown and
+/// a crash-like immediate one). A harness holds the server for its whole case, so the
+/// PostgreSQL cases of this binary run one at a time and a restart disturbs no other test.
+#[cfg(feature = "postgres")]
+mod pg {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Mutex, MutexGuard, OnceLock};
+
+    use yrelay_store::{PgStore, Store};
+    use yrelay_testkit::PrivatePostgres;
+
+    use super::Harness;
+
+    /// Reboots between two server restarts (a restart costs ~0.3 s).
+    pub const RESTART_EVERY: usize = 8;
+
+    /// `None` after a SKIPPED line (no PostgreSQL binaries here).
+    pub fn server() -> Option<&'static Mutex<PrivatePostgres>> {
+        static SERVER: OnceLock<Option<Mutex<PrivatePostgres>>> = OnceLock::new();
+        SERVER
+            .get_or_init(|| PrivatePostgres::start("model_pg").map(Mutex::new))
+            .as_ref()
+    }
+
+    /// Reboots so far in this binary; restarts so far.
+    pub static REBOOTS: AtomicUsize = AtomicUsize::new(0);
+    pub static RESTARTS: AtomicUsize = AtomicUsize::new(0);
+
+    pub struct PgHarness {
+        server: MutexGuard<'static, PrivatePostgres>,
+        url: String,
+        store: Option<PgStore>,
+    }
+
+    impl PgHarness {
+        pub fn new() -> Option<Self> {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let server = server()?.lock().unwrap_or_else(|p| p.into_inner());
+            let url =
+                server.create_database(&format!("model_{}", NEXT.fetch_add(1, Ordering::Relaxed)));
+            let store = Some(PgStore::open(&url).expect("opens"));
+            Some(Self { server, url, store })
+        }
+    }
+
+    impl Harness for PgHarness {
+        fn store(&self) -> &dyn Store {
+            self.store.as_ref().expect("open")
+        }
+        fn reboot(&mut self) {
+            self.store = None;
+            let n = REBOOTS.fetch_add(1, Ordering::Relaxed) + 1;
+            if n % RESTART_EVERY == 0 {
+                if n % (2 * RESTART_EVERY) == 0 {
+                    self.server.kill();
+                } else {
+                    self.server.stop();
+                }
+                self.server.start_again();
+                RESTARTS.fetch_add(1, Ordering::Relaxed);
+            }
+            self.store = Some(PgStore::open(&self.url).expect("reopens"));
+        }
+    }
+}
+
 fn run(harness: &mut dyn Harness, ops: &[Op]) -> Result<(), TestCaseError> {
     let mut model: Vec<ModelRoom> = (0..ROOMS.len()).map(ModelRoom::new).collect();
     for (step, op) in ops.iter().enumerate() {
@@ -447,6 +516,20 @@ proptest! {
     }
 }
 
+#[cfg(feature = "postgres")]
+proptest! {
+    // A database per case: fewer cases than the embedded stores, same operations.
+    #![proptest_config(ProptestConfig { cases: config().cases.min(24), ..config() })]
+
+    #[test]
+    fn pg_store_matches_the_model(ops in prop::collection::vec(op(), 1..40)) {
+        let Some(mut harness) = pg::PgHarness::new() else {
+            return Ok(());
+        };
+        run(&mut harness, &ops)?;
+    }
+}
+
 /// A fixed long run: many compactions and reboots in one directory, so the log, the
 /// tombstones and the counters of several incarnations pile up.
 #[test]
@@ -502,4 +585,11 @@ fn long_fixed_run_with_reboots() {
     }
     assert!(counts.len() == 5, "every kind of step occurs: {counts:?}");
     run(&mut SledHarness::new(), &ops).expect("matches the model");
+    #[cfg(feature = "postgres")]
+    if let Some(mut harness) = pg::PgHarness::new() {
+        run(&mut harness, &ops).expect("PostgreSQL matches the model");
+        // More consecutive reboots than RESTART_EVERY: the server was restarted meanwhile.
+        assert!(counts["reboot"] >= pg::RESTART_EVERY);
+        assert!(pg::RESTARTS.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    }
 }
