@@ -636,6 +636,7 @@ where
                     ApplyRefusal::DocumentTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
                     ApplyRefusal::MissingDependencies => StatusCode::CONFLICT,
                     ApplyRefusal::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                    ApplyRefusal::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 };
                 Err(json_error(status, refusal))
             }

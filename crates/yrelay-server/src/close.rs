@@ -9,7 +9,7 @@
 //! | 1008 | a per-connection limit was passed (e.g. too many awareness client IDs) |
 //! | 1009 | a message larger than `limits.max_message_bytes` |
 //! | 1011 | an internal error |
-//! | 1013 | slow consumer: the outbound queue overflowed, or the server is too busy to decode a large message in time; reconnect and resync |
+//! | 1013 | slow consumer: the outbound queue overflowed, or the server is too busy to decode a large message in time, or the store has been failing and the room's buffer of unwritten updates is full (`persistence.max_pending_bytes`), or the store is unreachable so the room cannot be loaded; reconnect and resync |
 //! | 4000 | ping timeout: nothing received for `ping_interval + pong_timeout` |
 //! | 4401 | the connection's token expired (reconnect with a fresh token) |
 //! | 4404 | the room was deleted by an administrator |
@@ -142,6 +142,10 @@ impl CloseReason {
             "busy",
             "server busy decoding large messages; reconnect later",
         )
+    }
+    /// The store has been failing and the room cannot hold more unwritten updates.
+    pub fn storage_unavailable(detail: &str) -> Self {
+        Self::new(TRY_AGAIN_LATER, "storage_unavailable", detail.to_owned())
     }
     /// The connection's token expired.
     pub fn token_expired() -> Self {

@@ -36,6 +36,8 @@ pub struct Config {
     pub persistence: Persistence,
     /// Tokens, roles and the admin key.
     pub auth: crate::auth::AuthSettings,
+    /// Cluster mode: fan-out between nodes over Redis.
+    pub cluster: Cluster,
 }
 
 impl Default for Config {
@@ -50,7 +52,46 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             persistence: Persistence::default(),
             auth: crate::auth::AuthSettings::default(),
+            cluster: Cluster::default(),
         }
+    }
+}
+
+/// Cluster mode: several nodes serve the same rooms, fan updates out to each other over Redis
+/// pub/sub and keep documents in a shared PostgreSQL store (`persistence.database_url`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cluster {
+    /// `redis://host:port/` of the Redis that carries updates between nodes; setting it turns
+    /// cluster mode on (and requires `persistence.database_url`). Default: none (single node).
+    pub redis_url: Option<String>,
+    /// This node's name in the cluster (in every message it publishes, in logs and audit
+    /// origins). Default: none, meaning the host name plus a random suffix, chosen at start.
+    pub node_id: Option<String>,
+    /// How often every active room compares state vectors with its peers, to repair anything
+    /// Redis pub/sub lost (it delivers at most once); 0 turns the periodic check off (rooms
+    /// still resync on activation and after every Redis reconnect). Default 30 000.
+    pub resync_interval_ms: u64,
+    /// Prefix of the per-room Redis channels (`<prefix><room>`), so several deployments can
+    /// share one Redis. Default `yrelay:room:`.
+    pub channel_prefix: String,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            node_id: None,
+            resync_interval_ms: 30_000,
+            channel_prefix: "yrelay:room:".to_owned(),
+        }
+    }
+}
+
+impl Cluster {
+    /// Whether cluster mode is on.
+    pub fn enabled(&self) -> bool {
+        self.redis_url.is_some()
     }
 }
 
@@ -157,6 +198,15 @@ pub struct Persistence {
     /// Take an automatic version of a changed room this often; 0 turns them off. Default
     /// 600 000 (10 minutes).
     pub version_interval_ms: u64,
+    /// `postgres://user:password@host:port/database`: keep documents in this PostgreSQL
+    /// database instead of sled in `data_dir` (the schema is created or migrated at start).
+    /// Required by cluster mode. Default: none (sled).
+    pub database_url: Option<String>,
+    /// Most bytes of accepted updates a room keeps in memory while the store cannot write
+    /// them (they are retried every second). Once a room holds this much, its new edits are
+    /// refused — WebSocket clients are closed with 1013 and keep their edits to resend, REST
+    /// writes get 503 — until the store recovers. Default 16 MiB.
+    pub max_pending_bytes: u64,
 }
 
 impl Default for Persistence {
@@ -167,6 +217,8 @@ impl Default for Persistence {
             compact_after_updates: 1000,
             compact_after_bytes: 8 << 20,
             version_interval_ms: 600_000,
+            database_url: None,
+            max_pending_bytes: 16 << 20,
         }
     }
 }
@@ -362,6 +414,33 @@ impl Config {
         }
         if p.version_interval_ms > MAX_TIMEOUT_MS {
             return bad("persistence.version_interval_ms must be at most 30 days");
+        }
+        // (A single update larger than this still goes in when nothing is pending.)
+        if p.max_pending_bytes < 1024 {
+            return bad("persistence.max_pending_bytes must be at least 1024");
+        }
+        if let Some(url) = &p.database_url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return bad("persistence.database_url must be a postgres:// URL");
+            }
+        }
+        let c = &self.cluster;
+        if let Some(url) = &c.redis_url {
+            if !url.starts_with("redis://") {
+                return bad("cluster.redis_url must be a redis:// URL (TLS to Redis, rediss://, is not supported yet)");
+            }
+            if p.database_url.is_none() {
+                return bad("cluster mode needs a shared store: cluster.redis_url (YRELAY_REDIS_URL) is set but persistence.database_url (YRELAY_DATABASE_URL) is not; nodes with their own sled stores would each keep a different copy of every document");
+            }
+        }
+        if c.node_id
+            .as_ref()
+            .is_some_and(|id| id.is_empty() || id.len() > 128)
+        {
+            return bad("cluster.node_id must be 1 to 128 bytes");
+        }
+        if c.resync_interval_ms > MAX_TIMEOUT_MS {
+            return bad("cluster.resync_interval_ms must be at most 30 days");
         }
         let t = &self.timeouts;
         for (name, value) in [

@@ -491,6 +491,7 @@ mod tests {
             Arc::new(yrelay_store::MemoryStore::default()),
             TaskTracker::new(),
             shutdown.clone(),
+            None,
         ));
         let (to_conn, rx) = mpsc::unbounded_channel();
         let (tx, from_conn) = mpsc::unbounded_channel();

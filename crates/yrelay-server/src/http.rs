@@ -141,7 +141,8 @@ pub fn routes(
 }
 
 /// `GET /healthz` (the process serves) and `GET /readyz` (store writable, not shutting down;
-/// 503 with the reasons otherwise).
+/// 503 with the reasons otherwise; 200 `degraded: ...` in cluster mode while Redis is
+/// unreachable).
 fn probe_routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
@@ -156,7 +157,16 @@ fn probe_routes(
             let state = Arc::clone(&state);
             async move {
                 match state.readiness().await {
-                    Ok(()) => warp::reply::with_status("ready\n", StatusCode::OK).into_response(),
+                    Ok(()) => match state.degraded() {
+                        None => warp::reply::with_status("ready\n", StatusCode::OK).into_response(),
+                        // Still ready: this node serves its clients. Taking every node out of
+                        // rotation because a shared dependency failed would turn a Redis
+                        // outage into a full outage (docs/operations.md).
+                        Some(why) => {
+                            warp::reply::with_status(format!("degraded: {why}\n"), StatusCode::OK)
+                                .into_response()
+                        }
+                    },
                     Err(reasons) => warp::reply::with_status(
                         format!("not ready: {}\n", reasons.join("; ")),
                         StatusCode::SERVICE_UNAVAILABLE,

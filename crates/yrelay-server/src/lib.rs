@@ -14,6 +14,7 @@
 //! - [`conn`]: one connection's reader and writer, generic over a frame stream/sink.
 //! - [`room`]: the room registry and the one task per room that owns its document.
 //! - [`persist`]: a room's write pipeline: update log, durability modes, compaction.
+//! - [`cluster`]: cluster mode, the Redis pub/sub bridge between nodes.
 //! - [`close`]: the table of WebSocket close codes, in one place.
 //! - [`tls`]: rustls configuration from PEM files.
 //!
@@ -24,6 +25,7 @@
 pub mod api;
 pub mod auth;
 pub mod close;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod http;

@@ -27,7 +27,21 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the relay.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Copy every room (log, snapshot, versions, audit trail) of a sled data directory into
+    /// PostgreSQL, to move a single node to cluster mode. Stop the node first.
+    Migrate(MigrateArgs),
+}
+
+/// `yrelay migrate`.
+#[derive(Debug, clap::Args)]
+struct MigrateArgs {
+    /// The single node's data directory (holding `yrelay.sled`).
+    #[arg(long, env = "YRELAY_DATA_DIR")]
+    data_dir: PathBuf,
+    /// The PostgreSQL database to copy into (its schema is created if needed).
+    #[arg(long, env = "YRELAY_DATABASE_URL", hide_env_values = true)]
+    database_url: String,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -89,6 +103,17 @@ struct ServeArgs {
     /// `0.0.0.0:9464`; then the main address no longer serves `/metrics`.
     #[arg(long, env = "YRELAY_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// `postgres://` URL: keep documents in PostgreSQL instead of sled (required by cluster
+    /// mode). It holds a password: prefer the environment variable.
+    #[arg(long, env = "YRELAY_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// `redis://` URL: turns cluster mode on (updates fan out between nodes over Redis
+    /// pub/sub); needs --database-url.
+    #[arg(long, env = "YRELAY_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+    /// This node's name in the cluster [default: host name + random suffix].
+    #[arg(long, env = "YRELAY_NODE_ID")]
+    node_id: Option<String>,
 }
 
 impl ServeArgs {
@@ -117,6 +142,15 @@ impl ServeArgs {
         }
         if let Some(v) = self.metrics_listen {
             config.metrics_listen = Some(v);
+        }
+        if let Some(v) = &self.database_url {
+            config.persistence.database_url = Some(v.clone());
+        }
+        if let Some(v) = &self.redis_url {
+            config.cluster.redis_url = Some(v.clone());
+        }
+        if let Some(v) = &self.node_id {
+            config.cluster.node_id = Some(v.clone());
         }
         if let Some(v) = &self.jwt_secret {
             config.auth.jwt_secret = Some(Secret::new(v.clone()));
@@ -178,10 +212,50 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Runs `yrelay migrate`: every room of the sled store into PostgreSQL; rooms the database
+/// already has are skipped (never merged) and reported. Prints one line per room and a total.
+#[cfg(feature = "postgres")]
+fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let path = args.data_dir.join("yrelay.sled");
+    anyhow::ensure!(
+        path.exists(),
+        "{} does not exist: --data-dir must be the directory a single node served from",
+        path.display()
+    );
+    let from = yrelay_store::SledStore::open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let to = yrelay_store::PgStore::open(&args.database_url)
+        .context("cannot open the PostgreSQL store (--database-url)")?;
+    let report = yrelay_store::migrate(&from, &to, |room, outcome| {
+        #[allow(clippy::print_stdout)]
+        {
+            println!("{room:?}: {outcome}");
+        }
+    })
+    .context("migration failed")?;
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{report}");
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "postgres"))]
+fn migrate(_: MigrateArgs) -> anyhow::Result<()> {
+    anyhow::bail!("this build of yrelay has no PostgreSQL support (cargo feature `postgres`)")
+}
+
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let Command::Serve(args) = cli.command;
+    match cli.command {
+        // Blocking throughout (sled and the synchronous PostgreSQL client): no async runtime.
+        Command::Migrate(args) => migrate(args),
+        Command::Serve(args) => serve(*args),
+    }
+}
+
+#[tokio::main]
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let filter = args
         .log
         .clone()
@@ -194,7 +268,10 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let scheme = if config.tls_enabled() { "wss" } else { "ws" };
-    let data_dir = config.data_dir.clone();
+    let store = match &config.persistence.database_url {
+        Some(_) => "postgres".to_owned(),
+        None => config.data_dir.display().to_string(),
+    };
     let jwt = config.auth.jwt_enabled();
     let server = yrelay_server::server::Server::prepare(listener, config)?;
     let addr = server.local_addr()?;
@@ -204,7 +281,7 @@ async fn main() -> anyhow::Result<()> {
     {
         println!("yrelay listening on {scheme}://{addr}");
     }
-    tracing::info!(%addr, scheme, data_dir = %data_dir.display(), auth = if jwt { "jwt" } else { "none" }, "listening");
+    tracing::info!(%addr, scheme, %store, auth = if jwt { "jwt" } else { "none" }, "listening");
     if !jwt && !addr.ip().is_loopback() {
         tracing::warn!(
             %addr,

@@ -45,10 +45,15 @@ const UNLABELLED_COUNTERS: &[&str] = &[
     "yrelay_slow_consumer_disconnects_total",
     "yrelay_ping_timeouts_total",
     "yrelay_updates_refused_total",
+    "yrelay_store_refusals_total",
 ];
 
 /// Gauges registered at zero for the same reason.
-const GAUGES: &[&str] = &["yrelay_connections", "yrelay_rooms_loaded"];
+const GAUGES: &[&str] = &[
+    "yrelay_connections",
+    "yrelay_rooms_loaded",
+    "yrelay_persist_pending_bytes",
+];
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 

@@ -12,9 +12,16 @@
 //!   `flush_interval_ms` after its first update.
 //!
 //! A failed write keeps its entries (and held frames) and is retried after a second; nothing
-//! is dropped. After a write, a log that passed the compaction thresholds is compacted: the
-//! room encodes its document (which holds everything written so far) and the store swaps
-//! snapshot and tail atomically, on the blocking pool, while the room keeps serving.
+//! is dropped. While the store fails, the entries waiting are bounded by
+//! `persistence.max_pending_bytes` per room: the room refuses new edits beyond it
+//! ([`Persister::pending_bytes`]), and `yrelay_persist_pending_bytes` shows the total.
+//!
+//! After a write, a log that passed the compaction thresholds is compacted: the room encodes
+//! its document (which holds everything written so far) and the store swaps snapshot and
+//! tail atomically, on the blocking pool, while the room keeps serving. In cluster mode other
+//! nodes append to the same log, and no node's memory is known to hold all of it, so the
+//! compaction merges the node's document with the snapshot and tail as the store holds them,
+//! inside the store's per-room compaction lock ([`Store::compact_with`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -24,8 +31,9 @@ use bytes::Bytes;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{error, warn};
-use yrelay_store::{AppendEntry, Seq, Store, StoreError};
+use yrelay_store::{AppendEntry, LoadedRoom, Seq, Store, StoreError};
 
+use crate::cluster::Kind;
 use crate::config::{Durability, Persistence};
 use crate::room::ConnId;
 
@@ -40,6 +48,9 @@ pub enum Outbound {
     /// Not a frame: an action run once everything before it is durable (fsync mode) or at
     /// once (batched mode), e.g. answering a REST request.
     Run(Deferred),
+    /// A message for the other nodes (cluster mode), published once what it carries is
+    /// durable (fsync mode), like a frame.
+    Publish(Kind),
 }
 
 /// An action held like a frame (see [`Outbound::Run`]).
@@ -82,8 +93,8 @@ pub struct Persister {
     write: Option<(JoinHandle<WriteResult>, Vec<Outbound>, Instant)>,
     /// When the next write may start (batched: flush deadline; after a failure: retry time).
     next_write_at: Option<Instant>,
-    /// The compaction in flight and the seq it folds up to.
-    compaction: Option<(JoinHandle<Result<(), StoreError>>, Seq)>,
+    /// The compaction in flight; it answers with the seq it folded up to, if it compacted.
+    compaction: Option<JoinHandle<Result<Option<Seq>, StoreError>>>,
     /// (seq, bytes) of each log entry since the snapshot.
     tail: VecDeque<(Seq, usize)>,
     tail_bytes: usize,
@@ -91,6 +102,10 @@ pub struct Persister {
     last_seq: Seq,
     /// Sizes of the entries in the write in flight.
     written_sizes: Vec<usize>,
+    /// Bytes of updates recorded and not yet written (waiting or in flight).
+    pending_bytes: usize,
+    /// Cluster mode: other nodes append to the same log (compact from the store's view).
+    shared: bool,
 }
 
 impl Persister {
@@ -102,6 +117,7 @@ impl Persister {
         settings: Persistence,
         last_seq: Seq,
         tail: VecDeque<(Seq, usize)>,
+        shared: bool,
     ) -> Self {
         let tail_bytes = tail.iter().map(|(_, b)| b).sum();
         Self {
@@ -117,7 +133,20 @@ impl Persister {
             tail_bytes,
             last_seq,
             written_sizes: Vec::new(),
+            pending_bytes: 0,
+            shared,
         }
+    }
+
+    /// Bytes of accepted updates not yet written to the store (waiting or in flight).
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
+    fn pending_sub(&mut self, bytes: usize) {
+        let bytes = bytes.min(self.pending_bytes);
+        self.pending_bytes -= bytes;
+        metrics::gauge!("yrelay_persist_pending_bytes").decrement(bytes as f64);
     }
 
     /// Highest seq written so far.
@@ -131,6 +160,8 @@ impl Persister {
             let deadline = Instant::now() + Duration::from_millis(self.settings.flush_interval_ms);
             self.next_write_at = Some(self.next_write_at.map_or(deadline, |d| d.min(deadline)));
         }
+        self.pending_bytes += entry.update.len();
+        metrics::gauge!("yrelay_persist_pending_bytes").increment(entry.update.len() as f64);
         self.batch.push(entry);
     }
 
@@ -212,7 +243,7 @@ impl Persister {
                 } => Raw::Write(r),
                 r = async {
                     match compaction.as_mut() {
-                        Some((job, _)) => job.await,
+                        Some(job) => job.await,
                         None => std::future::pending().await,
                     }
                 } => Raw::Compact(r),
@@ -251,7 +282,8 @@ impl Persister {
                     self.tail.push_back((*seq, *bytes));
                     self.tail_bytes += bytes;
                 }
-                self.written_sizes.clear();
+                let written: usize = self.written_sizes.drain(..).sum();
+                self.pending_sub(written);
                 if let Some(&last) = seqs.last() {
                     self.last_seq = self.last_seq.max(last);
                 }
@@ -285,6 +317,8 @@ impl Persister {
     }
 
     fn wants_compaction(&self) -> bool {
+        // (`tail` counts only this node's entries in cluster mode: each node compacts once
+        // its own share passes the thresholds.)
         self.compaction.is_none()
             && (self.tail.len() as u64 >= self.settings.compact_after_updates
                 || self.tail_bytes as u64 >= self.settings.compact_after_bytes)
@@ -299,29 +333,45 @@ impl Persister {
         let upto = self.last_seq;
         let store = Arc::clone(&self.store);
         let room = Arc::clone(&self.room);
+        let shared = self.shared;
         let job = tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
-            let bytes = state.len();
-            store.compact(&room, &state, upto)?;
+            let mut bytes = state.len();
+            let upto = if shared {
+                let folded = store.compact_with(&room, &mut |loaded| {
+                    let merged = merge_states(loaded, &state)?;
+                    bytes = merged.len();
+                    Ok(merged)
+                })?;
+                match folded {
+                    Some(upto) => upto,
+                    // Nothing to fold, or another node is compacting this room right now.
+                    None => return Ok(None),
+                }
+            } else {
+                store.compact(&room, &state, upto)?;
+                upto
+            };
             store.flush()?;
             metrics::histogram!("yrelay_compaction_seconds")
                 .record(started.elapsed().as_secs_f64());
             metrics::histogram!("yrelay_compaction_output_bytes").record(bytes as f64);
             metrics::counter!("yrelay_compactions_total").increment(1);
-            Ok(())
+            Ok(Some(upto))
         });
-        self.compaction = Some((job, upto));
+        self.compaction = Some(job);
     }
 
     fn finish_compaction(
         &mut self,
-        result: Result<Result<(), StoreError>, tokio::task::JoinError>,
+        result: Result<Result<Option<Seq>, StoreError>, tokio::task::JoinError>,
     ) {
-        let Some((_, upto)) = self.compaction.take() else {
+        if self.compaction.take().is_none() {
             return;
-        };
+        }
         match result {
-            Ok(Ok(())) => {
+            Ok(Ok(None)) => {}
+            Ok(Ok(Some(upto))) => {
                 while self.tail.front().is_some_and(|(seq, _)| *seq <= upto) {
                     if let Some((_, bytes)) = self.tail.pop_front() {
                         self.tail_bytes -= bytes;
@@ -359,7 +409,8 @@ impl Persister {
                 failures += 1;
                 if failures >= 3 {
                     error!(room = %self.room, lost = self.batch.len(), "giving up writing after repeated failures");
-                    self.batch.clear();
+                    let lost: usize = self.batch.drain(..).map(|e| e.update.len()).sum();
+                    self.pending_sub(lost);
                     deliver.append(&mut self.held);
                     break;
                 }
@@ -381,8 +432,38 @@ pub struct Step {
 
 enum Raw {
     Write(Result<WriteResult, tokio::task::JoinError>),
-    Compact(Result<Result<(), StoreError>, tokio::task::JoinError>),
+    Compact(Result<Result<Option<Seq>, StoreError>, tokio::task::JoinError>),
     Wake,
+}
+
+/// The room's whole state as the store holds it (snapshot and tail) merged with `ours` (this
+/// node's document), for a compaction in cluster mode. Refuses (postponing the compaction)
+/// when the log holds an update whose dependencies are not in it yet — another node's older
+/// update still being written — because a snapshot cannot hold such an update.
+fn merge_states(loaded: &LoadedRoom, ours: &[u8]) -> Result<Vec<u8>, String> {
+    use yrs::updates::decoder::Decode;
+    use yrs::{ReadTxn, StateVector, Transact, Update};
+    let doc = yrs::Doc::new();
+    {
+        let mut txn = doc.transact_mut();
+        let stored = loaded
+            .snapshot
+            .iter()
+            .chain(loaded.tail.iter().map(|(_, u)| u))
+            .map(Vec::as_slice);
+        // Every stored update passed validation when it was accepted.
+        for bytes in stored.chain(std::iter::once(ours)) {
+            let update = Update::decode_v1(bytes).map_err(|e| e.to_string())?;
+            txn.apply_update(update).map_err(|e| e.to_string())?;
+        }
+        if txn.store().pending_update().is_some() || txn.store().pending_ds().is_some() {
+            return Err("the log holds updates whose dependencies are not written yet; compaction postponed".to_owned());
+        }
+    }
+    let state = doc
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    Ok(state)
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
@@ -489,6 +570,7 @@ mod tests {
             Persistence::default(),
             0,
             VecDeque::new(),
+            false,
         );
         p.record(entry(1));
         // fsync: the frame for the update waits for durability.
@@ -510,7 +592,7 @@ mod tests {
             let step = p.next_event().await;
             delivered.extend(step.deliver.into_iter().map(|o| match o {
                 Outbound::All(b, _) | Outbound::To(_, b) => b,
-                Outbound::Run(_) => panic!("no actions were gated"),
+                Outbound::Run(_) | Outbound::Publish(_) => panic!("no actions were gated"),
             }));
         }
         assert!(started.elapsed() >= RETRY_AFTER - Duration::from_millis(50));
@@ -532,7 +614,14 @@ mod tests {
             flush_interval_ms: 50,
             ..Persistence::default()
         };
-        let mut p = Persister::new(store.clone(), Arc::from("r"), settings, 0, VecDeque::new());
+        let mut p = Persister::new(
+            store.clone(),
+            Arc::from("r"),
+            settings,
+            0,
+            VecDeque::new(),
+            false,
+        );
         p.record(entry(1));
         assert!(p
             .gate(Outbound::All(Bytes::from_static(b"u1"), None))

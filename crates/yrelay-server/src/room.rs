@@ -29,6 +29,7 @@ use yrelay_store::{AppendEntry, Seq, Store, VersionInfo, VersionKind};
 
 use crate::auth::Role;
 use crate::close::CloseReason;
+use crate::cluster::{Cluster, Envelope, Kind, PeerDelivery};
 use crate::config::Config;
 use crate::persist::{Deferred, Outbound, Persister};
 
@@ -183,6 +184,11 @@ pub enum RoomCmd {
         /// Whether anything changed (`None`: no such version), or why it failed.
         reply: oneshot::Sender<Result<Option<bool>, String>>,
     },
+    /// A message from another node (cluster mode).
+    Peer(Box<Envelope>),
+    /// Ask the other nodes for what this room lacks, and offer what they lack (cluster mode:
+    /// after a Redis reconnect, a dropped message, or periodically).
+    Resync,
 }
 
 /// What [`RoomCmd::Read`] reads.
@@ -211,6 +217,9 @@ pub enum ApplyRefusal {
     /// The document would pass `limits.max_document_bytes`.
     #[error("document size limit of {0} bytes reached")]
     DocumentTooLarge(usize),
+    /// The store has been failing and the room's buffer of unwritten updates is full.
+    #[error("storage unavailable: {0} bytes of accepted updates are waiting to be written; try again later")]
+    StorageUnavailable(u64),
     /// The update builds on changes the document does not have.
     #[error("the update depends on changes this document does not have: fetch `state?sv=` and send a diff against it")]
     MissingDependencies,
@@ -290,6 +299,8 @@ pub struct Registry {
     tracker: TaskTracker,
     shutdown: CancellationToken,
     next_generation: AtomicU64,
+    /// Cluster mode: the Redis bridge to the other nodes.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Registry {
@@ -300,6 +311,7 @@ impl Registry {
         store: Arc<dyn Store>,
         tracker: TaskTracker,
         shutdown: CancellationToken,
+        cluster: Option<Arc<Cluster>>,
     ) -> Self {
         Self {
             rooms: Mutex::default(),
@@ -308,12 +320,48 @@ impl Registry {
             tracker,
             shutdown,
             next_generation: AtomicU64::new(1),
+            cluster,
         }
     }
 
     /// The store rooms persist to.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The server's configuration.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// The cluster bridge, in cluster mode.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
+    }
+
+    /// Hands a peer's message to `room`'s task if the room is active here, without waiting.
+    pub fn offer_peer(&self, room: &str, envelope: Envelope) -> PeerDelivery {
+        self.offer_existing(room, RoomCmd::Peer(Box::new(envelope)))
+    }
+
+    /// Asks `room`'s task, if active here, to resync with its peers, without waiting.
+    pub fn request_resync(&self, room: &str) -> PeerDelivery {
+        self.offer_existing(room, RoomCmd::Resync)
+    }
+
+    fn offer_existing(&self, room: &str, cmd: RoomCmd) -> PeerDelivery {
+        let (name, tx) = {
+            let rooms = self.lock();
+            match rooms.get_key_value(room) {
+                Some((name, entry)) => (Arc::clone(name), entry.tx.clone()),
+                None => return PeerDelivery::NotLoaded,
+            }
+        };
+        match tx.try_send(cmd) {
+            Ok(()) => PeerDelivery::Delivered,
+            Err(mpsc::error::TrySendError::Full(_)) => PeerDelivery::Full(name),
+            Err(mpsc::error::TrySendError::Closed(_)) => PeerDelivery::NotLoaded,
+        }
     }
 
     /// Sends `cmd` to `room`'s task, loading the room if needed. `false` if the server is
@@ -472,6 +520,8 @@ struct RoomTask {
     /// While a connection's message is handled: when it arrived (for the fan-out latency of
     /// what it causes to be broadcast).
     arrived: Option<Instant>,
+    /// Cluster mode: where local changes are published and peers are asked for theirs.
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// A room's whole life: load it (joins and messages wait in the inbox meanwhile, so nobody is
@@ -490,9 +540,23 @@ async fn room_main(
     let loaded = match loaded {
         Ok(Ok(loaded)) => loaded,
         failed => {
-            let error = match failed {
-                Ok(Err(e)) => e.to_string(),
-                Err(e) => e.to_string(),
+            // An unreachable store is temporary: the client is told to retry later (1013).
+            // Anything else (corrupt data, a failed task) is an internal error (1011).
+            let (error, reason) = match failed {
+                Ok(Err(e @ yrelay_store::StoreError::Unavailable(_))) => (
+                    e.to_string(),
+                    CloseReason::storage_unavailable(
+                        "storage unavailable: room cannot be loaded now; retry later",
+                    ),
+                ),
+                Ok(Err(e)) => (
+                    e.to_string(),
+                    CloseReason::internal("room could not be loaded"),
+                ),
+                Err(e) => (
+                    e.to_string(),
+                    CloseReason::internal("room could not be loaded"),
+                ),
                 Ok(Ok(_)) => unreachable!(),
             };
             error!(%error, "room could not be loaded");
@@ -502,7 +566,7 @@ async fn room_main(
             rx.close();
             while let Some(cmd) = rx.recv().await {
                 if let RoomCmd::Join { ack, .. } = cmd {
-                    let _ = ack.send(Err(CloseReason::internal("storage unavailable")));
+                    let _ = ack.send(Err(reason.clone()));
                 }
             }
             return;
@@ -537,13 +601,27 @@ async fn room_main(
         }
     }
     metrics::histogram!("yrelay_room_load_seconds").record(started.elapsed().as_secs_f64());
+    let cluster = registry.cluster.clone();
     let persist = Persister::new(
         Arc::clone(&registry.store),
         Arc::clone(&name),
         config.persistence.clone(),
         last_seq,
         tail,
+        cluster.is_some(),
     );
+    if let Some(cluster) = &cluster {
+        // Subscribe before asking, so the answers are heard; then ask every peer for what the
+        // store did not have yet (their unwritten updates) and for who is present.
+        cluster.subscribe(&name, generation).await;
+        cluster.publish(
+            &name,
+            Kind::SyncRequest {
+                state_vector: doc.state_vector(),
+                awareness: true,
+            },
+        );
+    }
     let task = RoomTask {
         name,
         generation,
@@ -556,6 +634,7 @@ async fn room_main(
         stored_bytes,
         deleted: false,
         arrived: None,
+        cluster,
     };
     task.run(rx).await;
 }
@@ -635,6 +714,9 @@ impl RoomTask {
             }
         }
         self.flush().await;
+        if let Some(cluster) = &self.cluster {
+            cluster.unsubscribe(&self.name, self.generation);
+        }
         debug!("room dropped from memory");
     }
 
@@ -705,6 +787,7 @@ impl RoomTask {
         };
         let limits = ValidateLimits { max_depth: 1024 };
         let update = UpdateV1::parse(Bytes::from(update), &limits).map_err(|e| e.to_string())?;
+        self.check_storage(&update).map_err(|e| e.to_string())?;
         let frame = codec::encode_sync_update(update.as_bytes());
         let (_, refused) = self.apply(
             0,
@@ -751,6 +834,8 @@ impl RoomTask {
                 self.arrived = None;
             }
             RoomCmd::Leave { conn } => self.leave(conn),
+            RoomCmd::Peer(envelope) => self.peer(*envelope),
+            RoomCmd::Resync => self.resync(),
         }
     }
 
@@ -810,6 +895,12 @@ impl RoomTask {
                     self.deny(conn, &refusal.to_string());
                     return;
                 }
+                if let Err(refusal) = self.check_storage(&update) {
+                    // The client keeps its edit and resends it (sync step 2) when it
+                    // reconnects, so closing loses nothing; applying it could.
+                    self.close_sub(conn, CloseReason::storage_unavailable(&refusal.to_string()));
+                    return;
+                }
                 self.apply(conn, &frame, &update, &subject, &origin);
             }
             ClientMessage::Awareness(update) => {
@@ -861,16 +952,28 @@ impl RoomTask {
             });
         }
         // Broadcast everything the document took in, even when something was refused after
-        // part of it was integrated.
+        // part of it was integrated; in a cluster, publish it too (once durable, like the
+        // broadcast, so a peer never shows what a crash here could lose).
         match applied.emitted.as_slice() {
             [] => {}
-            [single] => self.broadcast(broadcast_frame(frame, single)),
+            [single] => {
+                self.broadcast(broadcast_frame(frame, single));
+                self.publish(Kind::Update {
+                    update: single.clone(),
+                });
+            }
             // A cascade (held-back updates unblocked): one message if the parts merge.
             parts => match yrs::merge_updates_v1(parts) {
-                Ok(merged) => self.broadcast(codec::encode_sync_update(&merged)),
+                Ok(merged) => {
+                    self.broadcast(codec::encode_sync_update(&merged));
+                    self.publish(Kind::Update { update: merged });
+                }
                 Err(_) => {
                     for part in parts {
                         self.broadcast(codec::encode_sync_update(part));
+                        self.publish(Kind::Update {
+                            update: part.clone(),
+                        });
                     }
                 }
             },
@@ -897,6 +1000,17 @@ impl RoomTask {
         Ok(())
     }
 
+    /// Refuses an update that changes the document while the room already holds
+    /// `persistence.max_pending_bytes` of updates the store has not taken (it is failing).
+    fn check_storage(&self, update: &UpdateV1) -> Result<(), ApplyRefusal> {
+        let pending = self.persist.pending_bytes() as u64;
+        if pending >= self.config.persistence.max_pending_bytes && self.doc.would_change(update) {
+            metrics::counter!("yrelay_store_refusals_total").increment(1);
+            return Err(ApplyRefusal::StorageUnavailable(pending));
+        }
+        Ok(())
+    }
+
     /// Tells a connection that what it sent was not applied (y-protocols auth message; the
     /// official client reports it through its permission-denied handler).
     fn deny(&mut self, conn: ConnId, reason: &str) {
@@ -911,7 +1025,10 @@ impl RoomTask {
         origin: &str,
         reply: oneshot::Sender<Result<bool, ApplyRefusal>>,
     ) {
-        if let Err(refusal) = self.check_size(update) {
+        if let Err(refusal) = self
+            .check_size(update)
+            .and_then(|()| self.check_storage(update))
+        {
             let _ = reply.send(Err(refusal));
             return;
         }
@@ -971,6 +1088,9 @@ impl RoomTask {
         self.deleted = true;
         self.doc = RoomDoc::new();
         self.stored_bytes = 0;
+        if let Some(cluster) = &self.cluster {
+            cluster.publish(&self.name, Kind::Deleted);
+        }
         Ok(())
     }
 
@@ -1004,6 +1124,7 @@ impl RoomTask {
                 }
                 if let Some(b) = change.broadcast {
                     self.broadcast(codec::encode_awareness(&b));
+                    self.publish(Kind::Awareness { update: b });
                 }
             }
             Err(err) => {
@@ -1054,6 +1175,9 @@ impl RoomTask {
             if let Some(removal) = self.doc.remove_awareness(&ids) {
                 let frame = codec::encode_awareness(&removal);
                 pending.extend(self.offer_all(&frame));
+                if let Some(cluster) = &self.cluster {
+                    cluster.publish(&self.name, Kind::Awareness { update: removal });
+                }
             }
         }
     }
@@ -1083,6 +1207,151 @@ impl RoomTask {
             }
             Outbound::To(conn, frame) => self.deliver_to(conn, frame),
             Outbound::Run(action) => action.run(),
+            Outbound::Publish(kind) => {
+                if let Some(cluster) = &self.cluster {
+                    cluster.publish(&self.name, kind);
+                }
+            }
+        }
+    }
+
+    /// Publishes `kind` to the other nodes (cluster mode), behind anything not yet durable
+    /// (fsync mode).
+    fn publish(&mut self, kind: Kind) {
+        if self.cluster.is_none() {
+            return;
+        }
+        if let Some(out) = self.persist.gate(Outbound::Publish(kind)) {
+            self.deliver(out);
+        }
+    }
+
+    /// Asks the other nodes for what this room lacks (they answer with a diff and their state
+    /// vector, from which we send back what they lack).
+    fn resync(&mut self) {
+        if let Some(cluster) = &self.cluster {
+            metrics::counter!("yrelay_cluster_resyncs_total").increment(1);
+            cluster.publish(
+                &self.name,
+                Kind::SyncRequest {
+                    state_vector: self.doc.state_vector(),
+                    awareness: false,
+                },
+            );
+        }
+    }
+
+    /// Handles a message from another node.
+    fn peer(&mut self, envelope: Envelope) {
+        match envelope.kind {
+            Kind::Update { update } => self.apply_peer(update),
+            Kind::Awareness { update } => self.apply_peer_awareness(update),
+            Kind::SyncRequest {
+                state_vector,
+                awareness,
+            } => {
+                let Ok(sv) = StateVectorV1::parse(Bytes::from(state_vector)) else {
+                    warn!(peer = %envelope.origin, "invalid state vector from a peer ignored");
+                    return;
+                };
+                let diff = self.doc.diff(&sv);
+                let lacking = self.lacks_some_of(&sv);
+                let awareness = if awareness {
+                    self.doc.awareness_states()
+                } else {
+                    None
+                };
+                if diff.len() > EMPTY_UPDATE_LEN || lacking || awareness.is_some() {
+                    // Gated: the diff may hold our own updates that are not durable yet.
+                    self.publish(Kind::SyncReply {
+                        to: envelope.origin,
+                        diff,
+                        state_vector: self.doc.state_vector(),
+                        awareness,
+                    });
+                }
+            }
+            Kind::SyncReply {
+                diff,
+                state_vector,
+                awareness,
+                ..
+            } => {
+                if diff.len() > EMPTY_UPDATE_LEN {
+                    self.apply_peer(diff);
+                }
+                if let Some(states) = awareness {
+                    self.apply_peer_awareness(states);
+                }
+                if let Ok(sv) = StateVectorV1::parse(Bytes::from(state_vector)) {
+                    let back = self.doc.diff(&sv);
+                    if back.len() > EMPTY_UPDATE_LEN {
+                        self.publish(Kind::Update { update: back });
+                    }
+                }
+            }
+            Kind::Deleted => {
+                for state in self.subs.values() {
+                    state.sub.control.close(CloseReason::room_deleted());
+                }
+                self.subs.clear();
+                self.deleted = true;
+                self.doc = RoomDoc::new();
+                self.stored_bytes = 0;
+            }
+        }
+    }
+
+    /// Whether a peer with state vector `sv` has changes this document lacks.
+    fn lacks_some_of(&self, sv: &StateVectorV1) -> bool {
+        use yrs::{ReadTxn, Transact};
+        let theirs = sv.decode();
+        let ours = self.doc.doc().transact().state_vector();
+        theirs
+            .iter()
+            .any(|(client, clock)| ours.get(client) < *clock)
+    }
+
+    /// Applies an update from another node: shown to local clients, neither written (its
+    /// origin node writes it) nor published again.
+    fn apply_peer(&mut self, update: Vec<u8>) {
+        let limits = ValidateLimits {
+            max_depth: self.config.limits.max_nesting_depth.max(1024),
+        };
+        let update = match UpdateV1::parse(Bytes::from(update), &limits) {
+            Ok(u) => u,
+            Err(e) => {
+                warn!(error = %e, "invalid update from a peer ignored");
+                return;
+            }
+        };
+        let applied = self.doc.apply_update(&update, PEER_ORIGIN);
+        for part in &applied.emitted {
+            self.stored_bytes += part.len();
+            self.broadcast(codec::encode_sync_update(part));
+        }
+        for (origin, err) in applied.refused {
+            if origin == PEER_ORIGIN {
+                warn!(error = %err, "update from a peer refused");
+            } else {
+                // A held-back update of a local client became ready and failed.
+                self.close_sub(origin, CloseReason::refused(&err));
+            }
+        }
+    }
+
+    fn apply_peer_awareness(&mut self, update: Vec<u8>) {
+        let Ok(update) = yrelay_doc::AwarenessUpdateV1::parse(Bytes::from(update)) else {
+            warn!("invalid awareness update from a peer ignored");
+            return;
+        };
+        match self.doc.apply_awareness(&update) {
+            Ok(change) => {
+                if let Some(b) = change.broadcast {
+                    self.broadcast(codec::encode_awareness(&b));
+                }
+            }
+            Err(err) => warn!(error = %err, "awareness update from a peer refused"),
         }
     }
 
@@ -1130,6 +1399,14 @@ impl RoomTask {
         }
     }
 }
+
+/// Length of a v1 update that changes nothing (no structs, empty delete set).
+const EMPTY_UPDATE_LEN: usize = 2;
+
+/// The origin under which updates from other nodes are applied (held back, if they depend on
+/// something missing, until a resync brings it). No connection gets this id: connection ids
+/// count up from 1.
+const PEER_ORIGIN: ConnId = u64::MAX;
 
 /// Milliseconds since the Unix epoch.
 fn now_ms() -> u64 {

@@ -19,6 +19,7 @@ use tower::ServiceExt as _;
 use tracing::{debug, info, warn};
 
 use crate::auth::{AuthConfigError, Authenticator};
+use crate::cluster::{Cluster, ClusterError, ClusterTasks};
 use crate::config::{Config, ConfigError};
 use crate::http::{routes, PeerAddr};
 use crate::limits::ConnCounts;
@@ -87,6 +88,15 @@ impl AppState {
             Err(reasons)
         }
     }
+
+    /// In cluster mode with Redis unreachable, why: the node still serves its own clients
+    /// (and stays ready), but edits no longer cross to other nodes until Redis returns.
+    pub fn degraded(&self) -> Option<String> {
+        let problem = self.registry.cluster()?.problem()?;
+        Some(format!(
+            "redis unreachable ({problem}); serving local clients only, other nodes' edits arrive once it is back"
+        ))
+    }
 }
 
 /// Why the server could not start or stopped with an error.
@@ -101,6 +111,15 @@ pub enum ServerError {
     /// The auth settings are unusable (key file, secret).
     #[error(transparent)]
     Auth(#[from] AuthConfigError),
+    /// The PostgreSQL store could not be opened.
+    #[error("cannot open the PostgreSQL store (persistence.database_url): {0}")]
+    Database(yrelay_store::StoreError),
+    /// This build has no PostgreSQL store.
+    #[error("persistence.database_url is set but this build of yrelay has no PostgreSQL support (feature `postgres`)")]
+    NoPostgres,
+    /// Cluster mode could not start.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     /// The store could not be opened.
     #[error("cannot open the store in {path}: {source}")]
     Store {
@@ -147,16 +166,47 @@ pub struct Server {
     store: Arc<dyn Store>,
     auth: Arc<Authenticator>,
     metrics_listener: Option<TcpListener>,
+    cluster: Option<(Arc<Cluster>, ClusterTasks)>,
+}
+
+/// Opens the store the configuration selects: PostgreSQL when `persistence.database_url` is
+/// set, else sled in the data directory.
+pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
+    match &config.persistence.database_url {
+        #[cfg(feature = "postgres")]
+        Some(url) => {
+            // The synchronous PostgreSQL client runs its own small runtime, which must not be
+            // started on an async worker thread: open it on a plain thread.
+            let url = url.clone();
+            let opened = std::thread::spawn(move || yrelay_store::PgStore::open(&url))
+                .join()
+                .map_err(|_| {
+                    ServerError::Database(yrelay_store::StoreError::Corrupt(
+                        "opening the database panicked".to_owned(),
+                    ))
+                })?;
+            let store = opened.map_err(ServerError::Database)?;
+            Ok(Arc::new(store))
+        }
+        #[cfg(not(feature = "postgres"))]
+        Some(_) => Err(ServerError::NoPostgres),
+        None => {
+            std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+                path: config.data_dir.clone(),
+                source,
+            })?;
+            let path = config.data_dir.join("yrelay.sled");
+            let store =
+                SledStore::open(&path).map_err(|source| ServerError::Store { path, source })?;
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 impl Server {
     /// Checks everything that can fail at startup.
     pub fn prepare(listener: TcpListener, config: Config) -> Result<Self, ServerError> {
         config.validate()?;
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
         let acceptor = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
             _ => None,
@@ -173,15 +223,20 @@ impl Server {
             }
         };
         crate::metrics::install();
-        let path = config.data_dir.join("yrelay.sled");
-        let store = SledStore::open(&path).map_err(|source| ServerError::Store { path, source })?;
+        let store = open_store(&config)?;
+        let cluster = if config.cluster.enabled() {
+            Some(Cluster::new(&config.cluster)?)
+        } else {
+            None
+        };
         Ok(Self {
             listener,
             config: Arc::new(config),
             acceptor,
-            store: Arc::new(store),
+            store,
             auth,
             metrics_listener,
+            cluster,
         })
     }
 
@@ -206,6 +261,7 @@ impl Server {
             store,
             auth,
             metrics_listener,
+            cluster,
         } = self;
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -214,7 +270,12 @@ impl Server {
             Arc::clone(&store),
             tracker.clone(),
             token.clone(),
+            cluster.as_ref().map(|(c, _)| Arc::clone(c)),
         ));
+        if let Some((cluster, tasks)) = cluster {
+            info!(node = cluster.node_id(), "cluster mode: fan-out over Redis");
+            cluster.spawn(tasks, Arc::clone(&registry), &tracker, token.clone());
+        }
         let state = Arc::new(AppState {
             config: Arc::clone(&config),
             registry,

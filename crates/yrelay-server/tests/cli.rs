@@ -112,6 +112,48 @@ fn bad_configuration_is_refused_with_a_message() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(expected), "{expected}: {stderr}");
     }
+    // Cluster mode without a shared store, and URLs of the wrong kind.
+    for (args, expected) in [
+        (
+            vec!["--redis-url", "redis://127.0.0.1:1/"],
+            "cluster mode needs a shared store",
+        ),
+        (
+            vec!["--database-url", "mysql://127.0.0.1/x"],
+            "must be a postgres:// URL",
+        ),
+        (
+            vec![
+                "--redis-url",
+                "rediss://127.0.0.1:1/",
+                "--database-url",
+                "postgres://127.0.0.1:1/x",
+            ],
+            "must be a redis:// URL",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
+    // An unreachable database stops the start with a clear message (a node never serves
+    // without its store).
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--database-url", "postgres://yrelay@127.0.0.1:1/yrelay"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot open the PostgreSQL store"),
+        "{stderr}"
+    );
     let out = Command::new(BIN)
         .args(["serve", "--tls-cert", "x.pem"])
         .output()

@@ -51,47 +51,6 @@ fn kill_group(pid: u32) {
         .status();
 }
 
-/// Installs the suite's packages from the lockfile (`npm ci`) when they are missing or older
-/// than the lockfile, so `cargo test --workspace` alone runs the whole suite.
-/// Serializes installs: the tests of this file run in parallel threads.
-static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn ensure_packages(compat_dir: &Path) -> Result<(), String> {
-    let _one_at_a_time = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
-    let modules = compat_dir.join("node_modules");
-    let lock = compat_dir.join("package-lock.json");
-    let installed = modules.join(".package-lock.json");
-    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let fresh = match (mtime(&installed), mtime(&lock)) {
-        (Some(installed), Some(lock)) => installed >= lock,
-        _ => false,
-    };
-    if fresh {
-        return Ok(());
-    }
-    let Some(npm) = find_on_path("npm") else {
-        return Err(format!(
-            "{} is missing and `npm` is not on PATH",
-            modules.display()
-        ));
-    };
-    say(&format!(
-        "compat_npm: installing the suite's packages: npm ci (in {})",
-        compat_dir.display()
-    ));
-    let status = Command::new(npm)
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(compat_dir)
-        .stdin(Stdio::null())
-        .status()
-        .map_err(|e| format!("cannot run npm: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("`npm ci` failed with {status}"))
-    }
-}
-
 #[test]
 fn official_npm_clients_interoperate_with_yrelay() {
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -112,7 +71,7 @@ fn official_npm_clients_interoperate_with_yrelay() {
             return;
         }
     }
-    if let Err(reason) = ensure_packages(&compat_dir) {
+    if let Err(reason) = common::ensure_compat_packages(&compat_dir) {
         skip_or_fail(&reason);
         return;
     }
@@ -187,7 +146,7 @@ fn node_with_packages(compat_dir: &Path) -> Option<PathBuf> {
         skip_or_fail("`node` not found on PATH");
         return None;
     };
-    if let Err(reason) = ensure_packages(compat_dir) {
+    if let Err(reason) = common::ensure_compat_packages(compat_dir) {
         skip_or_fail(&reason);
         return None;
     }

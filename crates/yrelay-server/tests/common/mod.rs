@@ -448,3 +448,44 @@ pub fn skip_or_fail(test: &str, reason: &str, install_hint: &str) {
     }
     say(&format!("SKIPPED: {test}: {reason} ({install_hint})"));
 }
+
+/// Installs the suite's packages from the lockfile (`npm ci`) when they are missing or older
+/// than the lockfile, so `cargo test --workspace` alone runs the whole suite.
+/// Serializes installs: the tests of this file run in parallel threads.
+static COMPAT_INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn ensure_compat_packages(compat_dir: &std::path::Path) -> Result<(), String> {
+    let _one_at_a_time = COMPAT_INSTALL.lock().unwrap_or_else(|p| p.into_inner());
+    let modules = compat_dir.join("node_modules");
+    let lock = compat_dir.join("package-lock.json");
+    let installed = modules.join(".package-lock.json");
+    let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let fresh = match (mtime(&installed), mtime(&lock)) {
+        (Some(installed), Some(lock)) => installed >= lock,
+        _ => false,
+    };
+    if fresh {
+        return Ok(());
+    }
+    let Some(npm) = find_on_path("npm") else {
+        return Err(format!(
+            "{} is missing and `npm` is not on PATH",
+            modules.display()
+        ));
+    };
+    say(&format!(
+        "compat_npm: installing the suite's packages: npm ci (in {})",
+        compat_dir.display()
+    ));
+    let status = std::process::Command::new(npm)
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(compat_dir)
+        .stdin(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run npm: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`npm ci` failed with {status}"))
+    }
+}
