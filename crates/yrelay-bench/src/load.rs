@@ -16,7 +16,8 @@ use crate::stats::{micros, Percentiles};
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct LoadSpec {
-    /// URL with `{room}` where the room name goes.
+    /// URL with `{room}` where the room name goes; several, comma-separated, for a cluster:
+    /// writers connect to the first, observers to the others in turn.
     pub url: String,
     /// Rooms.
     pub rooms: usize,
@@ -118,7 +119,8 @@ struct Shared {
 }
 
 struct Room {
-    url: String,
+    /// One per URL template: writers use the first, observers the others in turn.
+    urls: Vec<String>,
     log: SendLog,
     connected: AtomicUsize,
     edits: AtomicU64,
@@ -154,9 +156,11 @@ pub async fn run(spec: LoadSpec) -> LoadReport {
     let rooms: Vec<Arc<Room>> = (0..spec.rooms)
         .map(|r| {
             Arc::new(Room {
-                url: spec
+                urls: spec
                     .url
-                    .replace("{room}", &format!("{}-{r}", spec.room_prefix)),
+                    .split(',')
+                    .map(|u| u.replace("{room}", &format!("{}-{r}", spec.room_prefix)))
+                    .collect(),
                 log: SendLog::default(),
                 connected: AtomicUsize::new(0),
                 edits: AtomicU64::new(0),
@@ -171,9 +175,15 @@ pub async fn run(spec: LoadSpec) -> LoadReport {
             let seed = ((r * spec.clients + c) as u64)
                 .wrapping_mul(0x9E37_79B9_7F4A_7C15)
                 .wrapping_add(1);
+            let url = match room.urls.len() {
+                1 => room.urls[0].clone(),
+                _ if writer => room.urls[0].clone(),
+                n => room.urls[1 + (c - spec.writers.min(c)) % (n - 1)].clone(),
+            };
             tasks.spawn(client_task(
                 Arc::clone(&shared),
                 Arc::clone(room),
+                url,
                 r,
                 writer,
                 seed,
@@ -388,6 +398,7 @@ async fn tick(i: &mut Option<Interval>) {
 async fn client_task(
     shared: Arc<Shared>,
     room: Arc<Room>,
+    url: String,
     room_idx: usize,
     writer: bool,
     seed: u64,
@@ -400,11 +411,8 @@ async fn client_task(
     let connected = {
         let _slot = shared.connect_slots.acquire().await;
         let t0 = Instant::now();
-        let c = tokio::time::timeout(
-            spec.connect_timeout,
-            Client::connect(&room.url, spec.sync, seed),
-        )
-        .await;
+        let c = tokio::time::timeout(spec.connect_timeout, Client::connect(&url, spec.sync, seed))
+            .await;
         match c {
             Ok(Ok(client)) => {
                 out.connect = Some(t0.elapsed());

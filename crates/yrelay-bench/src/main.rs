@@ -30,6 +30,9 @@ struct Cli {
 #[derive(clap::Args, Clone)]
 struct Target {
     /// Server URL with `{room}` where the room name goes, e.g. ws://127.0.0.1:1234/{room}.
+    /// `load` also takes several, comma-separated (the nodes of a cluster): writers then
+    /// connect to the first and observers to the others in turn, so every measured delivery
+    /// crosses nodes.
     #[arg(long)]
     url: String,
     /// Do not run the y-websocket sync handshake (for the null relay, which has no document).
@@ -335,16 +338,22 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
 
 fn check_target(target: &Target, connections: usize) -> anyhow::Result<()> {
     anyhow::ensure!(
-        target.url.starts_with("ws://") || target.url.starts_with("wss://"),
-        "--url must start with ws:// or wss://"
-    );
-    anyhow::ensure!(
         (1..=MAX_CONNECTIONS).contains(&connections),
         "between 1 and {MAX_CONNECTIONS} connections"
     );
-    if !target.allow_remote {
-        let host = target
-            .url
+    for url in target.url.split(',') {
+        check_url(url, target.allow_remote)?;
+    }
+    Ok(())
+}
+
+fn check_url(url: &str, allow_remote: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        url.starts_with("ws://") || url.starts_with("wss://"),
+        "--url must start with ws:// or wss://"
+    );
+    if !allow_remote {
+        let host = url
             .split("://")
             .nth(1)
             .and_then(|rest| rest.split('/').next())
