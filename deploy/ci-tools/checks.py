@@ -268,18 +268,43 @@ def cmd_k8s(rendered: str, outdir: str, alerts: str, single_node: str) -> int:
         finding(where, "a Secret is rendered: secrets are created by hand, never kept in the repository")
 
     services = {s["metadata"]["name"]: s for s in by_kind.get("Service", [])}
-    sts_list = by_kind.get("StatefulSet", [])
-    if len(sts_list) != 1:
-        finding(where, f"expected one StatefulSet, found {len(sts_list)}")
+    # Single node: one StatefulSet (sled on its own volume). Cluster mode: one stateless
+    # Deployment (Redis + PostgreSQL from the Secret yrelay-cluster), no StatefulSet.
+    workload = "StatefulSet" if single_node == "1" else "Deployment"
+    other = "Deployment" if single_node == "1" else "StatefulSet"
+    sts_list = by_kind.get(workload, [])
+    if len(sts_list) != 1 or by_kind.get(other):
+        finding(where, f"expected one {workload} and no {other}, found {len(sts_list)} and {len(by_kind.get(other, []))}")
         return done()
     sts = sts_list[0]
     pod = sts["spec"]["template"]
     pod_labels = pod["metadata"]["labels"]
     if not labels_match(sts["spec"]["selector"]["matchLabels"], pod_labels):
-        finding(where, "StatefulSet selector does not match its pod labels")
-    headless = services.get(sts["spec"]["serviceName"])
-    if not headless or headless["spec"].get("clusterIP") != "None":
-        finding(where, f"StatefulSet serviceName {sts['spec']['serviceName']!r} is not a headless Service")
+        finding(where, f"{workload} selector does not match its pod labels")
+    if workload == "StatefulSet":
+        headless = services.get(sts["spec"]["serviceName"])
+        if not headless or headless["spec"].get("clusterIP") != "None":
+            finding(where, f"StatefulSet serviceName {sts['spec']['serviceName']!r} is not a headless Service")
+    else:
+        envs = {e["name"]: e for c in pod["spec"]["containers"] for e in c.get("env", [])}
+        for name, key in (("YRELAY_REDIS_URL", "redis-url"), ("YRELAY_DATABASE_URL", "database-url")):
+            ref = envs.get(name, {}).get("valueFrom", {}).get("secretKeyRef", {})
+            if ref.get("name") != "yrelay-cluster" or ref.get("key") != key:
+                finding(where, f"cluster mode: {name} must come from Secret yrelay-cluster key {key}")
+        for s in services.values():
+            if s["spec"].get("sessionAffinity", "None") != "None":
+                finding(where, f"Service {s['metadata']['name']}: cluster mode needs no session affinity")
+        if sts["spec"].get("replicas", 1) < 2:
+            finding(where, "cluster mode: a Deployment of one replica is not a cluster")
+        if "YRELAY_NODE_ID" not in envs:
+            finding(where, "cluster mode: YRELAY_NODE_ID should name the pod (fieldRef metadata.name)")
+        for v in pod["spec"].get("volumes", []):
+            if "persistentVolumeClaim" in v:
+                finding(where, f"cluster mode: volume {v['name']} is a PersistentVolumeClaim; nodes are stateless")
+        for ing in by_kind.get("Ingress", []):
+            for key in ing["metadata"].get("annotations", {}):
+                if key.endswith(("/affinity", "/upstream-hash-by", "/session-cookie-name")):
+                    finding(where, f"Ingress annotation {key}: cluster mode needs no sticky sessions")
 
     spec = pod["spec"]
     psc = spec.get("securityContext", {})
@@ -302,7 +327,7 @@ def cmd_k8s(rendered: str, outdir: str, alerts: str, single_node: str) -> int:
             finding(cw, "securityContext: readOnlyRootFilesystem, no privilege escalation, drop ALL expected")
         for kind in ("requests", "limits"):
             if not {"cpu", "memory"} <= set(c.get("resources", {}).get(kind, {})):
-                finding(cw, f"resources.{kind} needs cpu and memory")
+                finding(cw, f"resources.{workload} needs cpu and memory")
         port_names = {p["name"] for p in c.get("ports", [])}
         for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
             get = c.get(probe, {}).get("httpGet", {})
@@ -317,8 +342,8 @@ def cmd_k8s(rendered: str, outdir: str, alerts: str, single_node: str) -> int:
             if "value" in e and re.search(r"SECRET|KEY|PASSWORD|TOKEN", e["name"]):
                 finding(cw, f"env {e['name']} has a literal value: use secretKeyRef")
             ref = e.get("valueFrom", {}).get("secretKeyRef")
-            if ref and ref.get("name") != "yrelay-secrets":
-                finding(cw, f"env {e['name']} reads Secret {ref.get('name')!r}, documented is yrelay-secrets")
+            if ref and ref.get("name") not in ("yrelay-secrets", "yrelay-cluster"):
+                finding(cw, f"env {e['name']} reads Secret {ref.get('name')!r}, documented are yrelay-secrets and yrelay-cluster")
         # Every Service that selects the pod exposes only container ports that exist.
         for s in services.values():
             if labels_match(s["spec"].get("selector"), pod_labels):
@@ -343,14 +368,22 @@ def cmd_k8s(rendered: str, outdir: str, alerts: str, single_node: str) -> int:
             finding(where, "PodDisruptionBudget selects no yrelay pod")
         if "minAvailable" in pdb["spec"] and single_node == "1":
             finding(where, "PodDisruptionBudget minAvailable with one replica blocks every node drain")
+        if single_node != "1":
+            floor = min([sts["spec"].get("replicas", 1)] + [h["spec"].get("minReplicas", 1) for h in by_kind.get("HorizontalPodAutoscaler", [])])
+            if "minAvailable" in pdb["spec"] and not 2 <= int(pdb["spec"]["minAvailable"]) < floor:
+                finding(where, f"cluster mode: PDB minAvailable {pdb['spec']['minAvailable']} should be at least 2 and below {floor} replicas (or drains block)")
+            if "maxUnavailable" in pdb["spec"] and pdb["spec"]["maxUnavailable"] != 1:
+                finding(where, "cluster mode: PDB maxUnavailable should be 1")
 
     hpas = by_kind.get("HorizontalPodAutoscaler", [])
     if len(hpas) != 1:
         finding(where, f"expected one HorizontalPodAutoscaler, found {len(hpas)}")
     for hpa in hpas:
         ref = hpa["spec"]["scaleTargetRef"]
-        if ref["kind"] != "StatefulSet" or ref["name"] != sts["metadata"]["name"]:
-            finding(where, f"HPA targets {ref}, not the StatefulSet")
+        if ref["kind"] != workload or ref["name"] != sts["metadata"]["name"]:
+            finding(where, f"HPA targets {ref}, not the {workload}")
+        if single_node != "1" and hpa["spec"].get("minReplicas", 1) < 2:
+            finding(where, "cluster mode: HPA minReplicas below 2 leaves no node to fail over to")
         types = {m["type"] for m in hpa["spec"]["metrics"]}
         if types != {"Resource", "Pods"}:
             finding(where, f"HPA should scale on CPU (Resource) and connections (Pods), has {types}")
@@ -386,17 +419,104 @@ def cmd_k8s(rendered: str, outdir: str, alerts: str, single_node: str) -> int:
     return done()
 
 
-def cmd_compose(path: str) -> int:
-    """docker-compose.yml: no secret is written in it, and every file it mounts exists."""
+# `${VAR}`, `${VAR:-default}`, `${VAR:?message}` ... (not `$${...}`, an escaped dollar).
+COMPOSE_VAR = re.compile(r"(?<!\$)\$\{([A-Za-z0-9_]+)(?:(:?[?])([^}]*)|(:?-)([^}]*))?\}")
+SECRET_NAME = re.compile(r"SECRET|KEY|PASSWORD|TOKEN")
+# What plain `docker compose up` starts.
+SINGLE_NODE_STACK = {"yrelay", "prometheus", "grafana"}
+
+
+def compose_env(svc: dict) -> dict:
+    env = svc.get("environment", {}) or {}
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) if "=" in e else (e, None) for e in env)
+    return env
+
+
+def compose_required_vars(value) -> set[str]:
+    """Variables a value requires (`${VAR:?...}` / `${VAR?...}`), anywhere inside it."""
+    text = yaml.safe_dump(value, width=10**9) if not isinstance(value, str) else value
+    return {m.group(1) for m in COMPOSE_VAR.finditer(text) if m.group(2)}
+
+
+def compose_default(text: str) -> str:
+    """A compose string with every `${VAR:-default}` replaced by its default."""
+    return COMPOSE_VAR.sub(lambda m: m.group(5) or "", text)
+
+
+def compose_host_ports(svc: dict) -> list[tuple[str, str]]:
+    """(host port with defaults applied, container port) of every published port."""
+    out = []
+    for port in svc.get("ports", []):
+        if isinstance(port, dict):
+            out.append((str(port.get("published", "")), str(port.get("target", ""))))
+            continue
+        parts = compose_default(str(port)).split(":")
+        if len(parts) >= 2:
+            out.append((parts[-2], parts[-1].split("/")[0]))
+    return out
+
+
+def nginx_directives(text: str) -> list[tuple[list[str], list[str]]]:
+    """nginx config as (enclosing block names, directive words) pairs; comments dropped."""
+    text = re.sub(r"#[^\n]*", "", text)
+    tokens = re.findall(r"'[^']*'|\"[^\"]*\"|[{};]|[^\s{};]+", text)
+    out, stack, words = [], [], []
+    for t in tokens:
+        if t == "{":
+            stack.append(" ".join(words))
+            words = []
+        elif t == "}":
+            stack.pop()
+        elif t == ";":
+            out.append((list(stack), words))
+            words = []
+        else:
+            words.append(t.strip("'\""))
+    return out
+
+
+def seconds(value: str) -> float:
+    m = re.fullmatch(r"(\d+)(ms|s|m|h|d)?", value)
+    if not m:
+        return -1
+    return int(m.group(1)) * {"ms": 0.001, None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def cmd_compose(path: str, nginx_conf: str, prometheus_yml: str) -> int:
+    """docker-compose.yml: no secret is written in it, every file it mounts exists, images are
+    pinned; the `cluster` profile adds nodes on Redis + PostgreSQL behind nginx without
+    changing what plain `docker compose up` starts or requires."""
     doc = yaml.safe_load(Path(path).read_text())
-    for name, svc in doc.get("services", {}).items():
-        env = svc.get("environment", {})
-        if isinstance(env, list):
-            env = dict(e.split("=", 1) if "=" in e else (e, None) for e in env)
-        for key, value in env.items():
-            if re.search(r"SECRET|KEY|PASSWORD|TOKEN", key):
-                if not (isinstance(value, str) and re.fullmatch(r"\$\{[A-Z0-9_]+:\?[^}]+\}", value)):
-                    finding(f"{path} {name}", f"{key} must be ${{VAR:?message}} from the environment, is {value!r}")
+    services = doc.get("services", {})
+    default = {n: s for n, s in services.items() if not s.get("profiles")}
+    if set(default) != SINGLE_NODE_STACK:
+        finding(path, f"plain `docker compose up` starts {sorted(default)}, expected the single-node stack "
+                      f"{sorted(SINGLE_NODE_STACK)} (everything else belongs in a profile)")
+    cluster = {n: s for n, s in services.items() if "cluster" in (s.get("profiles") or [])}
+
+    # Compose interpolates every service (and x- fragment) whatever the active profiles, so a
+    # variable only the cluster profile needs must not be `${VAR:?}`: plain `up` would fail.
+    required_default = set()
+    for s in default.values():
+        required_default |= compose_required_vars(s)
+    for var in sorted(compose_required_vars(doc) - required_default):
+        finding(path, f"${{{var}:?...}} is required by no service of plain `docker compose up`, but compose "
+                      "interpolates every profile: plain `up` would refuse to start without it")
+
+    for name, svc in services.items():
+        profiled = bool(svc.get("profiles"))
+        for key, value in compose_env(svc).items():
+            if SECRET_NAME.search(key):
+                var = re.fullmatch(r"\$\{([A-Z0-9_]+)(:\?[^}]+|:-|-)?\}", value) if isinstance(value, str) else None
+                if not var or (not profiled and not (var.group(2) or "").startswith(":?")):
+                    finding(f"{path} {name}", f"{key} must be ${{VAR:?message}} from the environment "
+                                              f"(${{VAR:-}} in a profile's service), is {value!r}")
+            # A password inside a URL comes from the environment too.
+            if isinstance(value, str):
+                for cred in re.findall(r"://[^:/@\s]+:([^@\s]*)@", value):
+                    if not re.fullmatch(r"\$\{[A-Z0-9_]+(:\?[^}]+|:-|-)?\}", cred):
+                        finding(f"{path} {name}", f"{key}: the password in the URL must be a ${{VAR}} reference")
         build = svc.get("build")
         if isinstance(build, dict):
             dockerfile = Path(build.get("context", ".")) / build.get("dockerfile", "Dockerfile")
@@ -409,6 +529,130 @@ def cmd_compose(path: str) -> int:
         image = svc.get("image", "")
         if image and "build" not in svc and (":" not in image or image.endswith(":latest")):
             finding(f"{path} {name}", f"image {image!r} should be pinned to a version tag")
+        if not profiled:
+            deps = svc.get("depends_on", [])
+            for dep in deps if isinstance(deps, list) else deps.keys():
+                if services.get(dep, {}).get("profiles"):
+                    finding(f"{path} {name}", f"depends on {dep}, which only a profile starts")
+
+    # Both stacks can run at once: no host port published twice.
+    seen: dict[str, str] = {}
+    for name, svc in services.items():
+        for host, _ in compose_host_ports(svc):
+            host_port = host.rsplit(":", 1)[-1] if host else ""
+            if host_port in seen:
+                finding(path, f"host port {host_port} is published by {seen[host_port]} and {name}")
+            seen[host_port] = name
+
+    if not cluster:
+        finding(path, "no service in profile `cluster`")
+        return done()
+    where = f"{path} profile cluster"
+    nodes = {n: s for n, s in cluster.items() if "YRELAY_REDIS_URL" in compose_env(s)}
+    if len(nodes) < 2:
+        finding(where, f"{len(nodes)} yrelay node(s) with YRELAY_REDIS_URL: a cluster needs at least 2 (3 expected)")
+    ids = {}
+    for name, svc in nodes.items():
+        env = compose_env(svc)
+        nw = f"{where} {name}"
+        for key, scheme in (("YRELAY_REDIS_URL", "redis://"), ("YRELAY_DATABASE_URL", "postgres://")):
+            url = str(env.get(key) or "")
+            if not url.startswith(scheme):
+                finding(nw, f"{key} should be a {scheme} URL, is {url!r}")
+                continue
+            host = re.sub(r"^.*@", "", url[len(scheme):]).split("/")[0].split(":")[0]
+            if host not in cluster:
+                finding(nw, f"{key} points at {host!r}, not a service of the cluster profile")
+            elif not cluster[host].get("healthcheck"):
+                finding(nw, f"{host} has no healthcheck: nodes would start before it answers")
+            else:
+                deps = svc.get("depends_on")
+                condition = deps.get(host, {}).get("condition") if isinstance(deps, dict) else None
+                if condition != "service_healthy":
+                    finding(nw, f"should depend on {host} with condition service_healthy")
+        node_id = str(env.get("YRELAY_NODE_ID") or "")
+        if not node_id:
+            finding(nw, "no YRELAY_NODE_ID: logs and cluster messages could not tell the nodes apart")
+        elif node_id in ids:
+            finding(nw, f"YRELAY_NODE_ID {node_id!r} is also {ids[node_id]}'s")
+        ids[node_id] = name
+        if svc.get("ports"):
+            finding(nw, "publishes a port: nodes are reached through the load balancer only")
+        for vol in svc.get("volumes", []):
+            source = vol.split(":", 1)[0] if isinstance(vol, str) else vol.get("source", "")
+            if not source.startswith((".", "/")):
+                finding(nw, f"named volume {source}: cluster nodes keep no state (PostgreSQL does)")
+
+    # The load balancer: nginx with deploy/nginx/cluster.conf, in front of exactly the nodes.
+    lbs = [n for n, s in cluster.items()
+           if any(str(v).startswith(f"./{nginx_conf}:") for v in s.get("volumes", []))]
+    if len(lbs) != 1:
+        finding(where, f"expected one service mounting ./{nginx_conf}, found {lbs}")
+        return done()
+    lb = cluster[lbs[0]]
+    lw = f"{where} {lbs[0]}"
+    if not str(lb.get("image", "")).startswith("nginx:"):
+        finding(lw, f"image {lb.get('image')!r}: {nginx_conf} is an nginx config")
+    deps = lb.get("depends_on") or {}
+    if set(deps) != set(nodes):
+        finding(lw, f"depends on {sorted(deps)}, the nodes are {sorted(nodes)}")
+    directives = nginx_directives(Path(nginx_conf).read_text())
+    upstreams: dict[str, list[str]] = {}
+    for blocks, words in directives:
+        if blocks and blocks[-1].startswith("upstream ") and words[0] == "server":
+            upstreams.setdefault(blocks[-1].split()[1], []).append(words[1])
+        if words[0] in ("ip_hash", "hash", "sticky", "least_conn") or (words[0] == "random"):
+            finding(nginx_conf, f"`{' '.join(words)}`: round robin without affinity expected")
+    listens = [w[1] for b, w in directives if w[0] == "listen"]
+    published = {target for _, target in compose_host_ports(lb)}
+    if not listens or any(port.rsplit(":", 1)[-1] not in published for port in listens):
+        finding(lw, f"publishes container ports {sorted(published)}, nginx listens on {listens}")
+    passes = [w[1] for b, w in directives if w[0] == "proxy_pass"]
+    if len(passes) != 1 or not passes[0].startswith("http://") or passes[0][7:] not in upstreams:
+        finding(nginx_conf, f"proxy_pass {passes}: expected one proxy_pass to an upstream block")
+    else:
+        servers = upstreams[passes[0][7:]]
+        hosts = sorted(s.rsplit(":", 1)[0] for s in servers)
+        if hosts != sorted(nodes):
+            finding(nginx_conf, f"upstream servers {hosts}, the compose nodes are {sorted(nodes)}")
+        for server in servers:
+            if not server.endswith(":1234"):
+                finding(nginx_conf, f"upstream server {server}: the nodes listen on 1234")
+    sets = {tuple(w[1:3]) for b, w in directives if w[0] == "proxy_set_header"}
+    if ("Upgrade", "$http_upgrade") not in sets:
+        finding(nginx_conf, "proxy_set_header Upgrade $http_upgrade missing: WebSocket upgrades would fail")
+    if not any(k == "Connection" and v in ("$connection_upgrade", "upgrade") for k, v in sets):
+        finding(nginx_conf, "proxy_set_header Connection $connection_upgrade missing: WebSocket upgrades would fail")
+    if ["proxy_http_version", "1.1"] not in [w for _, w in directives]:
+        finding(nginx_conf, "proxy_http_version 1.1 missing: WebSocket upgrades need HTTP/1.1 to the node")
+    for key in ("proxy_read_timeout", "proxy_send_timeout"):
+        values = [seconds(w[1]) for _, w in directives if w[0] == key]
+        if not values or min(values) < 3600:
+            finding(nginx_conf, f"{key} should be at least 3600s for idle WebSockets")
+
+    # Prometheus scrapes the nodes, in a job that has no target while the profile is off.
+    prom = yaml.safe_load(Path(prometheus_yml).read_text())
+    metrics_ports = {str(compose_env(s).get("YRELAY_METRICS_LISTEN", "")).rsplit(":", 1)[-1] for s in nodes.values()}
+    scraped = {}
+    for job in prom.get("scrape_configs", []):
+        for sd in job.get("dns_sd_configs", []):
+            for n in sd.get("names", []):
+                scraped[n] = (job["job_name"], str(sd.get("port")))
+        for sc in job.get("static_configs", []):
+            for t in sc.get("targets", []):
+                host, _, port = t.rpartition(":")
+                if host in nodes:
+                    finding(prometheus_yml, f"job {job['job_name']}: static target {t} is down whenever the "
+                                            "cluster profile is off; discover the nodes by DNS (dns_sd_configs)")
+                scraped.setdefault(host, (job["job_name"], port))
+    for name in nodes:
+        job, port = scraped.get(name, (None, None))
+        if job is None:
+            finding(prometheus_yml, f"no job scrapes the cluster node {name}")
+        elif job == "yrelay":
+            finding(prometheus_yml, f"{name} is in job yrelay, whose availability alerts assume the single node")
+        elif port not in metrics_ports:
+            finding(prometheus_yml, f"{name} scraped on port {port}, its YRELAY_METRICS_LISTEN port is {metrics_ports}")
     return done()
 
 
