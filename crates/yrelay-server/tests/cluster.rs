@@ -21,11 +21,11 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::puppet::{compat_dir, Puppet};
 use serde_json::{json, Value};
 use yrelay_testkit::{PrivatePostgres, PrivateRedis};
 
@@ -35,10 +35,6 @@ const CONVERGE: Duration = Duration::from_secs(40);
 
 /// One cluster test at a time: each runs several processes and its own services.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn compat_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compat")
-}
 
 /// Redis, PostgreSQL and the npm packages, or `None` after a SKIPPED line.
 fn services(test: &str) -> Option<(PrivateRedis, PrivatePostgres)> {
@@ -192,92 +188,6 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// An official client in a node process, remote-controlled over stdin/stdout.
-struct Puppet {
-    name: String,
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Puppet {
-    fn start(url: &str, room: &str, name: &str) -> Puppet {
-        Self::start_with(url, room, name, None)
-    }
-
-    /// Renewing its presence every `heartbeat_ms`.
-    fn start_with(url: &str, room: &str, name: &str, heartbeat_ms: Option<u64>) -> Puppet {
-        let mut child = Command::new("node")
-            .arg("puppet.mjs")
-            .args([url, room, name])
-            .args(heartbeat_ms.map(|ms| ms.to_string()))
-            .current_dir(compat_dir())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Puppet {
-            name: name.to_owned(),
-            child,
-            stdin,
-            lines,
-        }
-    }
-
-    fn cmd(&mut self, cmd: Value) -> Value {
-        writeln!(self.stdin, "{cmd}").unwrap();
-        let line = self
-            .lines
-            .recv_timeout(Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("{} did not answer {cmd}: {e}", self.name));
-        serde_json::from_str(&line).unwrap()
-    }
-
-    fn insert(&mut self, text: &str) {
-        let answer = self.cmd(json!({"op": "insert", "text": text}));
-        assert_eq!(answer["ok"], true, "{answer}");
-    }
-
-    fn set(&mut self, key: &str, value: &str) {
-        let answer = self.cmd(json!({"op": "set", "key": key, "value": value}));
-        assert_eq!(answer["ok"], true, "{answer}");
-    }
-
-    fn report(&mut self) -> Value {
-        self.cmd(json!({"op": "report"}))
-    }
-
-    fn text(&mut self) -> String {
-        self.report()["text"].as_str().unwrap().to_owned()
-    }
-
-    fn wait_synced(&mut self) {
-        let name = self.name.clone();
-        wait_for(&format!("{name} to sync"), || {
-            self.report()["synced"] == true
-        });
-    }
-}
-
-impl Drop for Puppet {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

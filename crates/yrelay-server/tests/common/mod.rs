@@ -2,6 +2,8 @@
 //! small y-protocols client over tokio-tungstenite.
 #![allow(dead_code, clippy::unwrap_used, missing_docs)]
 
+pub mod puppet;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
