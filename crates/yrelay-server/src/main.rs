@@ -1,8 +1,12 @@
 //! The `yrelay` binary: parse configuration, install logging, handle signals, call
 //! [`yrelay_server::run`].
 
+mod client_cli;
+
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -31,6 +35,18 @@ enum Command {
     /// Copy every room (log, snapshot, versions, audit trail) of a sled data directory into
     /// PostgreSQL, to move a single node to cluster mode. Stop the node first.
     Migrate(MigrateArgs),
+    /// Read and write documents: on a server, or in a local replica offline, and sync the two.
+    #[command(subcommand)]
+    Doc(client_cli::DocCommand),
+    /// Mint tokens (admin key).
+    #[command(subcommand)]
+    Token(client_cli::TokenCommand),
+    /// List rooms (admin key).
+    #[command(subcommand)]
+    Rooms(client_cli::RoomsCommand),
+    /// List, save and restore a room's versions.
+    #[command(subcommand)]
+    Versions(client_cli::VersionsCommand),
 }
 
 /// `yrelay migrate`.
@@ -245,12 +261,26 @@ fn migrate(_: MigrateArgs) -> anyhow::Result<()> {
     anyhow::bail!("this build of yrelay has no PostgreSQL support (cargo feature `postgres`)")
 }
 
-fn main() -> anyhow::Result<()> {
+/// Runs the command; an error is printed as one line, `error: <reason: cause: ...>`, with
+/// exit status 1.
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         // Blocking throughout (sled and the synchronous PostgreSQL client): no async runtime.
         Command::Migrate(args) => migrate(args),
         Command::Serve(args) => serve(*args),
+        Command::Doc(cmd) => client_cli::doc(cmd),
+        Command::Token(cmd) => client_cli::token(cmd),
+        Command::Rooms(cmd) => client_cli::rooms(cmd),
+        Command::Versions(cmd) => client_cli::versions(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let mut stderr = std::io::stderr().lock();
+            let _ = writeln!(stderr, "error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
