@@ -54,7 +54,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest message accepted from the server (a whole document's state can be large).
 const MAX_MESSAGE: usize = 256 << 20;
 /// WebSocket close codes after which reconnecting cannot help.
-const FINAL_CLOSE_CODES: &[u16] = &[1008, 4401, 4403, 4404];
+const FINAL_CLOSE_CODES: &[u16] = &[1008, 4401, 4404];
 
 /// How the client talks to the server.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
