@@ -11,6 +11,9 @@ pub enum ClientError {
         /// Why it was refused.
         reason: String,
     },
+    /// The extra CA certificates could not be used.
+    #[error("CA certificate: {0}")]
+    Tls(String),
     /// The server could not be reached (DNS, TCP, TLS handshake, timeout).
     #[error("cannot reach {server}: {reason}")]
     Unreachable {

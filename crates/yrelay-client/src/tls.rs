@@ -12,10 +12,7 @@ use crate::error::{ClientError, Result};
 /// `ring` provider explicitly, so a second provider enabled by some dependency cannot make
 /// rustls panic.
 pub(crate) fn client_config(extra_root_pem: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>> {
-    let bad = |reason: String| ClientError::BadUrl {
-        url: "(CA certificate)".to_owned(),
-        reason,
-    };
+    let bad = ClientError::Tls;
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(pem) = extra_root_pem {
