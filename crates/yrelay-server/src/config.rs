@@ -38,6 +38,8 @@ pub struct Config {
     pub auth: crate::auth::AuthSettings,
     /// Cluster mode: fan-out between nodes over Redis.
     pub cluster: Cluster,
+    /// The web editor demo served at `/`.
+    pub demo: Demo,
 }
 
 impl Default for Config {
@@ -53,7 +55,25 @@ impl Default for Config {
             persistence: Persistence::default(),
             auth: crate::auth::AuthSettings::default(),
             cluster: Cluster::default(),
+            demo: Demo::default(),
         }
+    }
+}
+
+/// The collaborative code editor of `examples/web-editor`, built into the binary and served
+/// at `/` (assets under `/_demo/`). Plain GETs only: WebSocket upgrades on any path, `/` and
+/// `/_demo/...` included, still reach rooms, so the demo takes no room name away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Demo {
+    /// Serve the demo. Default true (the zero-config development default); the production
+    /// configs in `deploy/` set it to false.
+    pub enabled: bool,
+}
+
+impl Default for Demo {
+    fn default() -> Self {
+        Self { enabled: true }
     }
 }
 

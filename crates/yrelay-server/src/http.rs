@@ -13,6 +13,7 @@
 //! | WebSocket upgrade on `/<room>` (any path) | y-websocket protocol for the percent-decoded room name |
 //! | `GET /healthz` | `200 ok` while the process serves |
 //! | `/v1/...` | the REST API ([`crate::api`]) |
+//! | `GET /`, `GET /_demo/...` | the web editor demo when `demo.enabled` ([`crate::demo`]) |
 //! | anything else | `404` |
 //!
 //! A WebSocket upgrade is matched before anything else, so a room may be called `healthz`.
@@ -88,6 +89,7 @@ pub fn routes(
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone {
     let api_state = Arc::clone(&state);
     let state_for_metrics = Arc::clone(&state);
+    let demo_enabled = state.config.demo.enabled;
     let with_state = warp::any().map(move || Arc::clone(&state));
 
     let ws = warp::path::full()
@@ -135,6 +137,8 @@ pub fn routes(
         .or(metrics)
         .unify()
         .or(crate::api::routes(Arc::clone(&api_state)))
+        .unify()
+        .or(crate::demo::routes(demo_enabled))
         .unify()
         .or(fallback)
         .unify()

@@ -28,6 +28,7 @@ pub mod close;
 pub mod cluster;
 pub mod config;
 pub mod conn;
+pub mod demo;
 pub mod http;
 pub mod limits;
 pub mod metrics;

@@ -109,6 +109,10 @@ struct ServeArgs {
     /// can reach the port can read and change every document).
     #[arg(long, env = "YRELAY_ALLOW_UNAUTHENTICATED")]
     allow_unauthenticated: bool,
+    /// Serve the web editor demo at `/` (`true`/`false`) [default: true, or the config file's
+    /// `demo.enabled`].
+    #[arg(long, env = "YRELAY_DEMO")]
+    demo: Option<bool>,
     /// Log format.
     #[arg(long, env = "YRELAY_LOG_FORMAT", value_enum, default_value = "pretty")]
     log_format: LogFormat,
@@ -176,6 +180,9 @@ impl ServeArgs {
         }
         if let Some(v) = &self.admin_key {
             config.auth.admin_key = Some(Secret::new(v.clone()));
+        }
+        if let Some(v) = self.demo {
+            config.demo.enabled = v;
         }
         if self.allow_unauthenticated {
             config.auth.allow_unauthenticated = true;
@@ -303,6 +310,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => config.data_dir.display().to_string(),
     };
     let jwt = config.auth.jwt_enabled();
+    let demo = config.demo.enabled && yrelay_server::demo::built();
     let server = yrelay_server::server::Server::prepare(listener, config)?;
     let addr = server.local_addr()?;
     // The one line on stdout: tests and scripts read the bound address from it (useful with
@@ -312,6 +320,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("yrelay listening on {scheme}://{addr}");
     }
     tracing::info!(%addr, scheme, %store, auth = if jwt { "jwt" } else { "none" }, "listening");
+    if demo {
+        let web = if scheme == "wss" { "https" } else { "http" };
+        tracing::info!(
+            "web editor demo: open {web}://{addr}/ in two tabs (?room=NAME picks the room)"
+        );
+    }
     if !jwt && !addr.ip().is_loopback() {
         tracing::warn!(
             %addr,
