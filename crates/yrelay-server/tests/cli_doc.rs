@@ -148,6 +148,19 @@ fn offline_append_then_sync_then_read_back_everywhere() {
         ok(&["doc", "get", "--room", "notes", "--replica", replica]),
         "offline one. offline two.\n"
     );
+    // And one into the root the JS client shows ("t").
+    ok(&[
+        "doc",
+        "append",
+        "--room",
+        "notes",
+        "--root",
+        "t",
+        "--replica",
+        replica,
+        "--offline",
+        "[offline-t]",
+    ]);
 
     // The server starts; someone edits there first (an official JS client).
     let server = Server::start(&data, &[]);
@@ -187,6 +200,21 @@ fn offline_append_then_sync_then_read_back_everywhere() {
         ok(&["doc", "get", "--server", &server.url, "--room", "notes"]),
         "offline one. offline two.\n"
     );
+    // The official JS client sees the offline edit merged with its own, and so do the
+    // server and the replica (same text everywhere).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let merged = loop {
+        let text = js.text();
+        if text.contains("[offline-t]") && text.contains("from js") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "JS never saw the offline edit: {text:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(merged.len(), "[offline-t]from js".len(), "{merged:?}");
     assert_eq!(
         ok(&[
             "doc",
@@ -198,18 +226,21 @@ fn offline_append_then_sync_then_read_back_everywhere() {
             "--replica",
             replica
         ]),
-        "from js\n"
+        format!("{merged}\n")
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let report = js.report();
-        // The puppet shows its own root "t"; the whole document arrives as JSON below.
-        if report["text"] == "from js" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{report}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert_eq!(
+        ok(&[
+            "doc",
+            "get",
+            "--server",
+            &server.url,
+            "--room",
+            "notes",
+            "--root",
+            "t"
+        ]),
+        format!("{merged}\n")
+    );
     let json: serde_json::Value = serde_json::from_str(&ok(&[
         "doc",
         "json",
@@ -221,7 +252,7 @@ fn offline_append_then_sync_then_read_back_everywhere() {
     .unwrap();
     assert_eq!(
         json,
-        serde_json::json!({ "content": "offline one. offline two.", "t": "from js" })
+        serde_json::json!({ "content": "offline one. offline two.", "t": merged })
     );
 
     // Live append and replace on the server; a JS client on root "t" sees a live replace.
@@ -237,7 +268,7 @@ fn offline_append_then_sync_then_read_back_everywhere() {
         " + cli",
     ]);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while js.text() != "from js + cli" {
+    while js.text() != format!("{merged} + cli") {
         assert!(
             Instant::now() < deadline,
             "JS never saw the CLI's append: {}",
