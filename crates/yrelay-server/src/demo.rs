@@ -89,7 +89,7 @@ pub fn routes(
         .map(|()| match asset("index.html") {
             Some(bytes) => file("index.html", bytes),
             None => not_found(
-                "the demo was not built into this binary (run `npm ci && npm run build` in examples/web-editor, then rebuild)",
+                "the demo was not built into this binary (run `npm install && npm run build` in examples/web-editor, then rebuild)",
             ),
         });
     let assets = get_or_head

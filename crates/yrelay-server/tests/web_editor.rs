@@ -36,7 +36,7 @@ async fn two_browsers_edit_chat_and_merge_after_offline() {
         return;
     }
     let dir = web_editor_dir();
-    if let Err(reason) = tokio::task::block_in_place(|| common::ensure_compat_packages(&dir)) {
+    if let Err(reason) = tokio::task::block_in_place(|| common::ensure_web_editor_packages(&dir)) {
         common::skip_or_fail(TEST, &reason, HINT);
         return;
     }
@@ -147,7 +147,7 @@ fn the_embedded_bundle_is_built_from_the_committed_sources() {
         return;
     }
     let dir = web_editor_dir();
-    if let Err(reason) = common::ensure_compat_packages(&dir) {
+    if let Err(reason) = common::ensure_web_editor_packages(&dir) {
         common::skip_or_fail(NAME, &reason, HINT);
         return;
     }
@@ -173,7 +173,7 @@ fn the_embedded_bundle_is_built_from_the_committed_sources() {
     assert_eq!(
         names(&built),
         names(&committed),
-        "rebuild the demo: cd examples/web-editor && npm ci && npm run build"
+        "rebuild the demo: cd examples/web-editor && npm install && npm run build"
     );
     for ((name, a), (_, b)) in built.iter().zip(&committed) {
         assert!(

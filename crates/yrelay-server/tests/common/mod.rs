@@ -453,13 +453,24 @@ pub fn skip_or_fail(test: &str, reason: &str, install_hint: &str) {
 
 /// Installs the suite's packages from the lockfile (`npm ci`) when they are missing or older
 /// than the lockfile, so `cargo test --workspace` alone runs the whole suite.
-/// Serializes installs: the tests of this file run in parallel threads.
-static COMPAT_INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 pub fn ensure_compat_packages(compat_dir: &std::path::Path) -> Result<(), String> {
-    let _one_at_a_time = COMPAT_INSTALL.lock().unwrap_or_else(|p| p.into_inner());
-    let modules = compat_dir.join("node_modules");
-    let lock = compat_dir.join("package-lock.json");
+    ensure_npm_packages(compat_dir, "ci")
+}
+
+/// The same for `examples/web-editor`, with `npm install`: `npm ci` refuses its lockfile,
+/// which npm 11 writes without the other platforms' optional rollup binaries (vite's); `npm
+/// install` keeps to the locked versions and leaves the lockfile as it is.
+pub fn ensure_web_editor_packages(dir: &std::path::Path) -> Result<(), String> {
+    ensure_npm_packages(dir, "install")
+}
+
+/// Serializes installs: the tests of a file run in parallel threads.
+static NPM_INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn ensure_npm_packages(dir: &std::path::Path, subcommand: &str) -> Result<(), String> {
+    let _one_at_a_time = NPM_INSTALL.lock().unwrap_or_else(|p| p.into_inner());
+    let modules = dir.join("node_modules");
+    let lock = dir.join("package-lock.json");
     let installed = modules.join(".package-lock.json");
     let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let fresh = match (mtime(&installed), mtime(&lock)) {
@@ -476,18 +487,18 @@ pub fn ensure_compat_packages(compat_dir: &std::path::Path) -> Result<(), String
         ));
     };
     say(&format!(
-        "compat_npm: installing the suite's packages: npm ci (in {})",
-        compat_dir.display()
+        "installing npm packages: npm {subcommand} (in {})",
+        dir.display()
     ));
     let status = std::process::Command::new(npm)
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(compat_dir)
+        .args([subcommand, "--no-audit", "--no-fund"])
+        .current_dir(dir)
         .stdin(std::process::Stdio::null())
         .status()
         .map_err(|e| format!("cannot run npm: {e}"))?;
     if status.success() {
         Ok(())
     } else {
-        Err(format!("`npm ci` failed with {status}"))
+        Err(format!("`npm {subcommand}` failed with {status}"))
     }
 }
