@@ -20,6 +20,10 @@
 //!   in `keys.rs`, drawn below.
 //! - `PgStore` (`pg_store.rs`, cargo feature `postgres`, off by default): the shared store
 //!   of cluster mode, in PostgreSQL; its schema (`pg_migrations/*.sql`) is drawn below.
+//!   `pg_tls.rs`: its TLS connector (`sslmode=require`, always verified).
+//! - `tls` (`tls.rs`, cargo feature `tls`, implied by `postgres`): the verified rustls client
+//!   configuration of PostgreSQL connections and of `yrelay-client`'s transports (Redis TLS
+//!   is the redis crate's own, with the same roots and ring).
 //! - `meta.rs`: per-room bookkeeping (next seq, counters, what an import may replace) shared
 //!   by every store, so they cannot disagree on semantics.
 //! - `migrate.rs`: [`migrate`], which copies every room of one store into another with
@@ -139,7 +143,11 @@ mod meta;
 mod migrate;
 #[cfg(feature = "postgres")]
 mod pg_store;
+#[cfg(feature = "postgres")]
+mod pg_tls;
 mod sled_store;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 #[cfg(test)]
 mod conformance;

@@ -29,10 +29,12 @@ use std::fmt;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use postgres::config::SslMode;
 use postgres::types::ToSql;
 use postgres::{Client, IsolationLevel, NoTls, Row, Statement, Transaction};
 
 use crate::meta::{len64, RoomMeta};
+use crate::pg_tls::PgTls;
 use crate::{
     AppendEntry, AuditRecord, LoadedRoom, Result, RoomDump, RoomInfo, Seq, Store, StoreError,
     VersionInfo, VersionKind,
@@ -129,6 +131,13 @@ fn is_connection_error(e: &postgres::Error) -> bool {
     std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
 }
 
+/// `url` with libpq's `sslmode=verify-full` and `verify-ca`, which the driver does not know,
+/// as `require`: with TLS, yrelay always verifies the chain and the host name anyway.
+fn with_verified_ssl_modes(url: &str) -> String {
+    url.replace("sslmode=verify-full", "sslmode=require")
+        .replace("sslmode=verify-ca", "sslmode=require")
+}
+
 /// The driver's error with what caused it: its own `Display` says only "db error" or
 /// "error connecting to server"; the server's message (severity, text, SQLSTATE, detail,
 /// hint) or the I/O error is in the source.
@@ -181,6 +190,11 @@ pub struct PgOptions {
     /// How long a call waits for a free connection when all are busy before failing with
     /// [`StoreError::Unavailable`] (default 30 s).
     pub checkout_timeout: Duration,
+    /// PEM certificates of the CA(s) that signed the server's certificate, trusted *instead
+    /// of* the webpki roots for TLS (default: none, the webpki roots). Only used when the URL
+    /// asks for TLS (`sslmode=require`); given without that, opening fails rather than
+    /// silently connecting in the clear.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl Default for PgOptions {
@@ -189,6 +203,7 @@ impl Default for PgOptions {
             pool_size: 4,
             connect_timeout: Duration::from_secs(5),
             checkout_timeout: Duration::from_secs(30),
+            ca_pem: None,
         }
     }
 }
@@ -230,6 +245,10 @@ impl PgStore {
     /// or PostgreSQL's `key=value` form) with [`PgOptions::default`]: connects, and applies
     /// the schema migrations this build knows and the database lacks.
     ///
+    /// TLS: `sslmode=require` (or libpq's `verify-full` / `verify-ca`, which mean the same
+    /// here) connects over TLS and verifies the server's certificate chain and host name;
+    /// any other `sslmode` (libpq's default `prefer` included) connects without TLS.
+    ///
     /// Fails with [`StoreError::Unavailable`] if the database cannot be reached within the
     /// connect timeout, [`StoreError::UnsupportedFormat`] if a newer yrelay migrated the
     /// schema beyond what this build knows, [`StoreError::Database`] otherwise (a bad URL,
@@ -244,9 +263,30 @@ impl PgStore {
     /// [`PgStore::open`] with explicit options.
     pub fn open_with(url: &str, options: PgOptions) -> Result<Self> {
         // The parse error does not echo the URL (which may hold a password).
-        let mut config: postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::Database(format!("invalid database URL: {e}")))?;
+        let mut config: postgres::Config = with_verified_ssl_modes(url).parse().map_err(
+            |e: postgres::Error| {
+                let hint = if e.to_string().contains("sslrootcert") {
+                    " (give the CA file with --database-ca-file / YRELAY_DATABASE_CA_FILE instead)"
+                } else {
+                    ""
+                };
+                StoreError::Database(format!("invalid database URL: {e}{hint}"))
+            },
+        )?;
+        let tls = match config.get_ssl_mode() {
+            SslMode::Require => Some(PgTls::new(options.ca_pem.as_deref())?),
+            _ if options.ca_pem.is_some() => {
+                return Err(StoreError::Database(
+                    "a CA certificate for the database is given, but the database URL does not ask for TLS: add sslmode=require".to_owned(),
+                ))
+            }
+            _ => {
+                // `prefer` would try TLS only to fall back to the clear on failure: no
+                // protection. Say what happens: no TLS.
+                config.ssl_mode(SslMode::Disable);
+                None
+            }
+        };
         let connect_timeout = *config
             .get_connect_timeout()
             .unwrap_or(&options.connect_timeout);
@@ -259,6 +299,7 @@ impl PgStore {
         config.keepalives_idle(Duration::from_secs(30));
         let pool = Pool {
             config,
+            tls,
             connect_timeout,
             size: options.pool_size.max(1),
             checkout_timeout: options.checkout_timeout,
@@ -495,6 +536,8 @@ impl Conn {
 /// The connection pool: idle connections and how many exist.
 struct Pool {
     config: postgres::Config,
+    /// The TLS connector when the URL asks for TLS.
+    tls: Option<PgTls>,
     /// Bound of a whole connect (see [`Pool::connect_client`]).
     connect_timeout: Duration,
     size: usize,
@@ -558,12 +601,16 @@ impl Pool {
         let unavailable =
             |msg: String| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {msg}"));
         let config = self.config.clone();
+        let tls = self.tls.clone();
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("yrelay-pg-connect".to_owned())
             .spawn(move || {
                 // The caller may have given up: then the connection is dropped (closed).
-                let _ = sender.send(config.connect(NoTls));
+                let _ = sender.send(match tls {
+                    Some(tls) => config.connect(tls),
+                    None => config.connect(NoTls),
+                });
             })
             .map_err(|e| unavailable(format!("cannot start a thread to connect: {e}")))?;
         match receiver.recv_timeout(self.connect_timeout) {

@@ -411,3 +411,88 @@ fn an_unreachable_database_fails_fast_and_clearly() {
     assert!(message.contains("invalid database URL"), "{message}");
     assert!(!message.contains("s3cret"), "{message}");
 }
+
+/// A self-signed certificate for `names`, written as PEM files into `dir`; returns the
+/// files and the certificate (to trust as the CA).
+fn self_signed(dir: &std::path::Path, names: &[&str]) -> (yrelay_testkit::TlsFiles, Vec<u8>) {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let cert = rcgen::generate_simple_self_signed(names).unwrap();
+    let files = yrelay_testkit::TlsFiles {
+        cert: dir.join("server.crt"),
+        key: dir.join("server.key"),
+    };
+    std::fs::write(&files.cert, cert.cert.pem()).unwrap();
+    std::fs::write(&files.key, cert.signing_key.serialize_pem()).unwrap();
+    (files, cert.cert.pem().into_bytes())
+}
+
+/// `sslmode=require` connects over TLS (the server refuses anything else) and verifies the
+/// certificate: against the given CA it works, also across a server restart, and libpq's
+/// `verify-full` means the same; without the CA (webpki roots only), for a host name the
+/// certificate does not carry, or without `sslmode=require` it is refused with a clear
+/// reason; a CA without `sslmode=require` is a configuration error, not a silent
+/// connection in the clear.
+#[test]
+fn tls_connections_verify_the_server_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (files, ca) = self_signed(dir.path(), &["127.0.0.1"]);
+    let test = "tls_connections_verify_the_server_certificate";
+    let Some(mut pg) = PrivatePostgres::start_tls(test, &files) else {
+        return;
+    };
+    let url = pg.create_database("tls");
+    let with_ca = || PgOptions {
+        ca_pem: Some(ca.clone()),
+        ..PgOptions::default()
+    };
+
+    let store = PgStore::open_with(&format!("{url}?sslmode=require"), with_ca()).unwrap();
+    assert_eq!(store.append("r", &[entry(b"1")]).unwrap(), vec![1]);
+    // (The server takes TCP connections only over TLS: pg_hba.conf rejects the rest.) A
+    // restart: the pool reconnects, over TLS again.
+    pg.stop();
+    pg.start_again();
+    assert_eq!(store.append("r", &[entry(b"2")]).unwrap(), vec![2]);
+    drop(store);
+    let store = PgStore::open_with(&format!("{url}?sslmode=verify-full"), with_ca()).unwrap();
+    assert_eq!(store.load("r").unwrap().tail.len(), 2);
+    drop(store);
+
+    // Not signed by anything in the webpki roots.
+    let err = PgStore::open(&format!("{url}?sslmode=require")).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Unavailable(m) if m.contains("invalid peer certificate")),
+        "{err}"
+    );
+    // The certificate names 127.0.0.1, not localhost.
+    let by_name = url.replace("127.0.0.1", "localhost");
+    let err = PgStore::open_with(&format!("{by_name}?sslmode=require"), with_ca()).unwrap_err();
+    assert!(
+        err.to_string().contains("not valid for name")
+            || err.to_string().contains("NotValidForName"),
+        "{err}"
+    );
+    // In the clear: the server refuses it (pg_hba.conf: hostnossl ... reject).
+    let err = PgStore::open(&url).unwrap_err();
+    assert!(err.to_string().contains("no encryption"), "{err}");
+    // A CA but no sslmode=require: refused before connecting.
+    let err = PgStore::open_with(&url, with_ca()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("does not ask for TLS: add sslmode=require"),
+        "{err}"
+    );
+    // A CA file that holds no certificate.
+    let err = PgStore::open_with(
+        &format!("{url}?sslmode=require"),
+        PgOptions {
+            ca_pem: Some(b"not a pem".to_vec()),
+            ..PgOptions::default()
+        },
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "database error: database CA: no certificate in the PEM"
+    );
+}

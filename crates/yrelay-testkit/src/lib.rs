@@ -10,7 +10,9 @@
 //! - [`PrivatePostgres`] and [`PrivateRedis`]: a private server for one test (or one test
 //!   binary), started from the installed binaries on a free loopback port in a temporary
 //!   directory, and stopped and removed again when the handle drops. Both can be stopped and
-//!   started again on the same port and data, for tests of outages.
+//!   started again on the same port and data, for tests of outages. `start_tls` variants
+//!   serve TLS only (with the certificate and key in [`TlsFiles`]), for tests of encrypted
+//!   connections to them.
 //!
 //! # Layout
 //!
@@ -35,6 +37,16 @@ mod redis;
 
 pub use postgres::PrivatePostgres;
 pub use redis::PrivateRedis;
+
+/// A server certificate chain and its private key, PEM files, for a private server that
+/// speaks TLS (the test makes them, e.g. with `rcgen`, for `127.0.0.1`).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The certificate chain.
+    pub cert: std::path::PathBuf,
+    /// The private key.
+    pub key: std::path::PathBuf,
+}
 
 /// Environment variable that turns a missing service from a skip into a failure.
 pub const REQUIRE_SERVICES: &str = "YRELAY_REQUIRE_SERVICES";

@@ -24,6 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::process::{self, Reaper, STOP_TIMEOUT};
+use crate::TlsFiles;
 
 /// How to get the binaries, for the SKIPPED line.
 const HINT: &str = "install PostgreSQL: apt-get install postgresql";
@@ -65,6 +66,8 @@ pub struct PrivatePostgres {
     server: Option<Child>,
     /// Cleans up if this process dies without dropping `self` (see [`Reaper`]).
     reaper: Option<Reaper>,
+    /// Whether the server has `ssl=on` and refuses connections without TLS.
+    tls: bool,
 }
 
 impl PrivatePostgres {
@@ -78,6 +81,17 @@ impl PrivatePostgres {
     /// message includes the end of the server log), or under `YRELAY_REQUIRE_SERVICES=1`
     /// when something is missing.
     pub fn start(test: &str) -> Option<Self> {
+        Self::start_with(test, None)
+    }
+
+    /// [`Self::start`], but the server has `ssl=on` with the certificate and key in `tls`,
+    /// and its `pg_hba.conf` refuses TCP connections that do not use TLS (`hostnossl ...
+    /// reject`): a client that got in provably spoke TLS.
+    pub fn start_tls(test: &str, tls: &TlsFiles) -> Option<Self> {
+        Self::start_with(test, Some(tls))
+    }
+
+    fn start_with(test: &str, tls: Option<&TlsFiles>) -> Option<Self> {
         let Some(bin) = find_bin_dir() else {
             crate::skip_or_fail(
                 test,
@@ -119,8 +133,12 @@ impl PrivatePostgres {
             run_as,
             server: None,
             reaper: None,
+            tls: tls.is_some(),
         };
         pg.init_cluster();
+        if let Some(tls) = tls {
+            pg.install_tls(tls);
+        }
         for attempt in 1..=PORT_ATTEMPTS {
             pg.port = crate::free_port();
             match pg.spawn_server() {
@@ -299,6 +317,40 @@ impl PrivatePostgres {
         }
     }
 
+    /// Copies the certificate and key into the data directory (the server insists on a key
+    /// only its own user can read) and allows TCP connections only over TLS.
+    fn install_tls(&self, tls: &TlsFiles) {
+        let data = self.data_dir();
+        let copy = |from: &Path, to: &str| {
+            if let Err(e) = std::fs::copy(from, data.join(to)) {
+                panic!("{}: cannot copy {}: {e}", self.test, from.display());
+            }
+        };
+        copy(&tls.cert, "server.crt");
+        copy(&tls.key, "server.key");
+        let hba = "local all all trust\n\
+                   hostssl all all 127.0.0.1/32 trust\n\
+                   hostnossl all all 127.0.0.1/32 reject\n";
+        if let Err(e) = std::fs::write(data.join("pg_hba.conf"), hba) {
+            panic!("{}: cannot write pg_hba.conf: {e}", self.test);
+        }
+        let mut ok = Command::new("chmod")
+            .arg("600")
+            .arg(data.join("server.key"))
+            .status()
+            .is_ok_and(|s| s.success());
+        if let Some(user) = self.run_as {
+            ok &= Command::new("chown")
+                .arg(format!("{user}:"))
+                .arg(data.join("server.crt"))
+                .arg(data.join("server.key"))
+                .arg(data.join("pg_hba.conf"))
+                .status()
+                .is_ok_and(|s| s.success());
+        }
+        assert!(ok, "{}: cannot hand the TLS files to the server", self.test);
+    }
+
     /// Starts the postmaster on `self.port` and waits for it to accept connections; on
     /// failure returns what it logged meanwhile (after making sure it is gone).
     fn spawn_server(&mut self) -> Result<(), String> {
@@ -312,8 +364,13 @@ impl PrivatePostgres {
         let log_err = log
             .try_clone()
             .unwrap_or_else(|e| panic!("{}: cannot share the log file: {e}", self.test));
-        let mut server = self
-            .command(&self.bin.join("postgres"))
+        let mut command = self.command(&self.bin.join("postgres"));
+        if self.tls {
+            // Relative paths are taken from the data directory.
+            command.args(["-c", "ssl=on", "-c", "ssl_cert_file=server.crt"]);
+            command.args(["-c", "ssl_key_file=server.key"]);
+        }
+        let mut server = command
             .arg("-D")
             .arg(self.data_dir())
             .args(["-p", &self.port.to_string(), "-h", "127.0.0.1", "-k"])

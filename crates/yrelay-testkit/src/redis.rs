@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::process::{self, Reaper, STOP_TIMEOUT};
+use crate::TlsFiles;
 
 /// How to get the binary, for the SKIPPED line.
 const HINT: &str = "install Redis: apt-get install redis-server";
@@ -20,6 +21,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const PORT_TAKEN: &str = "Address already in use";
 /// Attempts with a new port when the chosen one was taken in between.
 const PORT_ATTEMPTS: usize = 5;
+/// What Redis logs once it accepts connections (how a TLS-only server is waited for: a
+/// plain PING cannot reach it).
+const READY_LINE: &str = "Ready to accept connections";
 
 /// A running private Redis server. Dropping it kills the server and removes its directory.
 ///
@@ -38,6 +42,8 @@ pub struct PrivateRedis {
     port: u16,
     server: Option<Child>,
     reaper: Option<Reaper>,
+    /// Serve TLS only, with these files.
+    tls: Option<TlsFiles>,
 }
 
 impl PrivateRedis {
@@ -49,6 +55,17 @@ impl PrivateRedis {
     /// If the server does not answer within 30 s (the message includes its log), or under
     /// `YRELAY_REQUIRE_SERVICES=1` when it is missing.
     pub fn start(test: &str) -> Option<Self> {
+        Self::start_with(test, None)
+    }
+
+    /// [`Self::start`], but the server speaks only TLS (no plain port), with the certificate
+    /// and key in `tls`; [`Self::url`] is then `rediss://`. Clients need not present a
+    /// certificate.
+    pub fn start_tls(test: &str, tls: &TlsFiles) -> Option<Self> {
+        Self::start_with(test, Some(tls.clone()))
+    }
+
+    fn start_with(test: &str, tls: Option<TlsFiles>) -> Option<Self> {
         let Some(program) = process::find_on_path("redis-server") else {
             crate::skip_or_fail(test, "`redis-server` not found on PATH", HINT);
             return None;
@@ -64,6 +81,7 @@ impl PrivateRedis {
             port: 0,
             server: None,
             reaper: None,
+            tls,
         };
         for attempt in 1..=PORT_ATTEMPTS {
             redis.port = crate::free_port();
@@ -76,9 +94,14 @@ impl PrivateRedis {
         unreachable!("the last attempt returns or panics")
     }
 
-    /// `redis://127.0.0.1:PORT/`.
+    /// `redis://127.0.0.1:PORT/`, or `rediss://` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
     /// The server's TCP port on 127.0.0.1 (the same across [`Self::start_again`]).
@@ -132,8 +155,22 @@ impl PrivateRedis {
         let log_path = self.log_path();
         // A fresh log per start: the port check below reads only this start's lines.
         let _ = std::fs::remove_file(&log_path);
-        let mut server = Command::new(&self.program)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let mut command = Command::new(&self.program);
+        match &self.tls {
+            None => command.args(["--port", &self.port.to_string()]),
+            Some(tls) => command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                // Redis wants a CA even when it does not ask clients for certificates.
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.cert)
+                .args(["--tls-auth-clients", "no"]),
+        };
+        let mut server = command
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.root.path())
@@ -148,7 +185,11 @@ impl PrivateRedis {
         self.reaper = Reaper::start(server.id(), "KILL", self.root.path()).ok();
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if ping(self.port) {
+            let ready = match self.tls {
+                None => ping(self.port),
+                Some(_) => process::tail(&log_path, 50).contains(READY_LINE),
+            };
+            if ready {
                 self.server = Some(server);
                 return Ok(());
             }
@@ -159,7 +200,7 @@ impl PrivateRedis {
                 let why = if exited {
                     "the server exited"
                 } else {
-                    "timed out waiting for PONG"
+                    "timed out waiting for it to accept connections"
                 };
                 return Err(format!("{why}; log:\n{}", process::tail(&log_path, 30)));
             }
