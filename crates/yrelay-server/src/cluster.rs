@@ -158,9 +158,12 @@ pub struct ClusterTasks {
 
 impl Cluster {
     /// Prepares the Redis connection (made lazily: a node starts even while Redis is down, and
-    /// serves its local clients until it comes back).
+    /// serves its local clients until it comes back). With a `rediss://` URL it speaks TLS
+    /// and verifies Redis's certificate against `ca_pem` (PEM) when given, else the webpki
+    /// roots.
     pub fn new(
         settings: &crate::config::Cluster,
+        ca_pem: Option<Vec<u8>>,
     ) -> Result<(Arc<Self>, ClusterTasks), ClusterError> {
         let url = settings
             .redis_url
@@ -176,7 +179,17 @@ impl Cluster {
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
         let info = info.set_redis_settings(resp3);
-        let client = redis::Client::open(info).map_err(|e| ClusterError(e.to_string()))?;
+        let client = match ca_pem {
+            None => redis::Client::open(info),
+            Some(root_cert) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                },
+            ),
+        }
+        .map_err(|e| ClusterError(e.to_string()))?;
         let (push_tx, pushes) = mpsc::unbounded_channel();
         let config = ConnectionManagerConfig::new()
             .set_push_sender(push_tx)

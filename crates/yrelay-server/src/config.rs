@@ -82,9 +82,13 @@ impl Default for Demo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Cluster {
-    /// `redis://host:port/` of the Redis that carries updates between nodes; setting it turns
-    /// cluster mode on (and requires `persistence.database_url`). Default: none (single node).
+    /// `redis://host:port/` (or `rediss://` for TLS) of the Redis that carries updates between
+    /// nodes; setting it turns cluster mode on (and requires `persistence.database_url`).
+    /// Default: none (single node).
     pub redis_url: Option<String>,
+    /// PEM file with the CA certificate(s) that signed Redis's certificate, trusted instead
+    /// of the public (webpki) roots; only with a `rediss://` URL. Default: none.
+    pub redis_ca_file: Option<PathBuf>,
     /// This node's name in the cluster (in every message it publishes, in logs and audit
     /// origins). Default: none, meaning the host name plus a random suffix, chosen at start.
     pub node_id: Option<String>,
@@ -101,6 +105,7 @@ impl Default for Cluster {
     fn default() -> Self {
         Self {
             redis_url: None,
+            redis_ca_file: None,
             node_id: None,
             resync_interval_ms: 30_000,
             channel_prefix: "yrelay:room:".to_owned(),
@@ -220,8 +225,13 @@ pub struct Persistence {
     pub version_interval_ms: u64,
     /// `postgres://user:password@host:port/database`: keep documents in this PostgreSQL
     /// database instead of sled in `data_dir` (the schema is created or migrated at start).
-    /// Required by cluster mode. Default: none (sled).
+    /// Required by cluster mode. Default: none (sled). `?sslmode=require` connects over TLS
+    /// and verifies the server's certificate and host name.
     pub database_url: Option<String>,
+    /// PEM file with the CA certificate(s) that signed PostgreSQL's certificate, trusted
+    /// instead of the public (webpki) roots; needs `sslmode=require` in `database_url`.
+    /// Default: none.
+    pub database_ca_file: Option<PathBuf>,
     /// Most bytes of accepted updates a room keeps in memory while the store cannot write
     /// them (they are retried every second). Once a room holds this much, its new edits are
     /// refused — WebSocket clients are closed with 1013 and keep their edits to resend, REST
@@ -238,6 +248,7 @@ impl Default for Persistence {
             compact_after_bytes: 8 << 20,
             version_interval_ms: 600_000,
             database_url: None,
+            database_ca_file: None,
             max_pending_bytes: 16 << 20,
         }
     }
@@ -443,15 +454,25 @@ impl Config {
             if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
                 return bad("persistence.database_url must be a postgres:// URL");
             }
+        } else if p.database_ca_file.is_some() {
+            return bad("persistence.database_ca_file is set but persistence.database_url is not");
         }
         let c = &self.cluster;
         if let Some(url) = &c.redis_url {
-            if !url.starts_with("redis://") {
-                return bad("cluster.redis_url must be a redis:// URL (TLS to Redis, rediss://, is not supported yet)");
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return bad("cluster.redis_url must be a redis:// or rediss:// (TLS) URL");
+            }
+            if url.starts_with("rediss://") && url.contains('#') {
+                return bad("cluster.redis_url: rediss:// always verifies Redis's certificate; give its CA with cluster.redis_ca_file (--redis-ca-file) instead of a #insecure fragment");
+            }
+            if c.redis_ca_file.is_some() && !url.starts_with("rediss://") {
+                return bad("cluster.redis_ca_file is set but cluster.redis_url is not a rediss:// (TLS) URL");
             }
             if p.database_url.is_none() {
                 return bad("cluster mode needs a shared store: cluster.redis_url (YRELAY_REDIS_URL) is set but persistence.database_url (YRELAY_DATABASE_URL) is not; nodes with their own sled stores would each keep a different copy of every document");
             }
+        } else if c.redis_ca_file.is_some() {
+            return bad("cluster.redis_ca_file is set but cluster.redis_url is not");
         }
         if c.node_id
             .as_ref()

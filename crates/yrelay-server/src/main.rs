@@ -58,6 +58,9 @@ struct MigrateArgs {
     /// The PostgreSQL database to copy into (its schema is created if needed).
     #[arg(long, env = "YRELAY_DATABASE_URL", hide_env_values = true)]
     database_url: String,
+    /// PEM CA certificate(s) for the database's TLS certificate (with `sslmode=require`).
+    #[arg(long, env = "YRELAY_DATABASE_CA_FILE")]
+    database_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -127,10 +130,18 @@ struct ServeArgs {
     /// mode). It holds a password: prefer the environment variable.
     #[arg(long, env = "YRELAY_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
-    /// `redis://` URL: turns cluster mode on (updates fan out between nodes over Redis
-    /// pub/sub); needs --database-url.
+    /// PEM CA certificate(s) that signed PostgreSQL's certificate, trusted instead of the
+    /// public roots (with `sslmode=require` in --database-url).
+    #[arg(long, env = "YRELAY_DATABASE_CA_FILE")]
+    database_ca_file: Option<PathBuf>,
+    /// `redis://` (or `rediss://`, TLS) URL: turns cluster mode on (updates fan out between
+    /// nodes over Redis pub/sub); needs --database-url.
     #[arg(long, env = "YRELAY_REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
+    /// PEM CA certificate(s) that signed Redis's certificate, trusted instead of the public
+    /// roots (with a rediss:// URL).
+    #[arg(long, env = "YRELAY_REDIS_CA_FILE")]
+    redis_ca_file: Option<PathBuf>,
     /// This node's name in the cluster [default: host name + random suffix].
     #[arg(long, env = "YRELAY_NODE_ID")]
     node_id: Option<String>,
@@ -166,8 +177,14 @@ impl ServeArgs {
         if let Some(v) = &self.database_url {
             config.persistence.database_url = Some(v.clone());
         }
+        if let Some(v) = &self.database_ca_file {
+            config.persistence.database_ca_file = Some(v.clone());
+        }
         if let Some(v) = &self.redis_url {
             config.cluster.redis_url = Some(v.clone());
+        }
+        if let Some(v) = &self.redis_ca_file {
+            config.cluster.redis_ca_file = Some(v.clone());
         }
         if let Some(v) = &self.node_id {
             config.cluster.node_id = Some(v.clone());
@@ -247,7 +264,8 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     );
     let from = yrelay_store::SledStore::open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    let to = yrelay_store::PgStore::open(&args.database_url)
+    let options = yrelay_server::server::pg_options(args.database_ca_file.as_deref())?;
+    let to = yrelay_store::PgStore::open_with(&args.database_url, options)
         .context("cannot open the PostgreSQL store (--database-url)")?;
     let report = yrelay_store::migrate(&from, &to, |room, outcome| {
         #[allow(clippy::print_stdout)]

@@ -5,6 +5,7 @@
 //! `timeouts.shutdown_ms`.
 
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 
 use hyper::body::Incoming as HyperBody;
@@ -114,6 +115,14 @@ pub enum ServerError {
     /// The PostgreSQL store could not be opened.
     #[error("cannot open the PostgreSQL store (persistence.database_url): {0}")]
     Database(yrelay_store::StoreError),
+    /// A CA file (for TLS to PostgreSQL or Redis) is unusable.
+    #[error("{setting}: {source}")]
+    CaFile {
+        /// The setting that names it.
+        setting: &'static str,
+        /// Why.
+        source: TlsError,
+    },
     /// This build has no PostgreSQL store.
     #[error("persistence.database_url is set but this build of yrelay has no PostgreSQL support (feature `postgres`)")]
     NoPostgres,
@@ -169,6 +178,24 @@ pub struct Server {
     cluster: Option<(Arc<Cluster>, ClusterTasks)>,
 }
 
+/// The PEM text of the CA file named by `setting` (see [`crate::tls::read_ca_pem`]).
+pub fn read_ca_file(setting: &'static str, path: &Path) -> Result<Vec<u8>, ServerError> {
+    crate::tls::read_ca_pem(path).map_err(|source| ServerError::CaFile { setting, source })
+}
+
+/// The PostgreSQL store's options: the defaults, with the CA of
+/// `persistence.database_ca_file` when set.
+#[cfg(feature = "postgres")]
+pub fn pg_options(ca_file: Option<&Path>) -> Result<yrelay_store::PgOptions, ServerError> {
+    let ca_pem = ca_file
+        .map(|path| read_ca_file("persistence.database_ca_file", path))
+        .transpose()?;
+    Ok(yrelay_store::PgOptions {
+        ca_pem,
+        ..yrelay_store::PgOptions::default()
+    })
+}
+
 /// Opens the store the configuration selects: PostgreSQL when `persistence.database_url` is
 /// set, else sled in the data directory.
 pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
@@ -178,13 +205,15 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
             // The synchronous PostgreSQL client runs its own small runtime, which must not be
             // started on an async worker thread: open it on a plain thread.
             let url = url.clone();
-            let opened = std::thread::spawn(move || yrelay_store::PgStore::open(&url))
-                .join()
-                .map_err(|_| {
-                    ServerError::Database(yrelay_store::StoreError::Corrupt(
-                        "opening the database panicked".to_owned(),
-                    ))
-                })?;
+            let options = pg_options(config.persistence.database_ca_file.as_deref())?;
+            let opened =
+                std::thread::spawn(move || yrelay_store::PgStore::open_with(&url, options))
+                    .join()
+                    .map_err(|_| {
+                        ServerError::Database(yrelay_store::StoreError::Corrupt(
+                            "opening the database panicked".to_owned(),
+                        ))
+                    })?;
             let store = opened.map_err(ServerError::Database)?;
             Ok(Arc::new(store))
         }
@@ -225,7 +254,13 @@ impl Server {
         crate::metrics::install();
         let store = open_store(&config)?;
         let cluster = if config.cluster.enabled() {
-            Some(Cluster::new(&config.cluster)?)
+            let ca_pem = config
+                .cluster
+                .redis_ca_file
+                .as_deref()
+                .map(|path| read_ca_file("cluster.redis_ca_file", path))
+                .transpose()?;
+            Some(Cluster::new(&config.cluster, ca_pem)?)
         } else {
             None
         };

@@ -42,6 +42,24 @@ fn open(path: &Path) -> Result<BufReader<std::fs::File>, TlsError> {
         })
 }
 
+/// The PEM text of a CA file (for TLS to PostgreSQL or Redis), after checking that it holds
+/// at least one readable certificate: a wrong file is refused at start, not at the first
+/// handshake.
+pub fn read_ca_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
+    let read_err = |source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let pem = std::fs::read(path).map_err(read_err)?;
+    let certs = rustls_pemfile::certs(&mut &pem[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(read_err)?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate(path.to_owned()));
+    }
+    Ok(pem)
+}
+
 /// Builds an acceptor serving `cert` (PEM chain) with `key` (PEM private key), HTTP/1.1 ALPN.
 pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     let read_err = |path: &Path| {

@@ -125,11 +125,54 @@ fn bad_configuration_is_refused_with_a_message() {
         (
             vec![
                 "--redis-url",
-                "rediss://127.0.0.1:1/",
+                "http://127.0.0.1:1/",
                 "--database-url",
                 "postgres://127.0.0.1:1/x",
             ],
-            "must be a redis:// URL",
+            "must be a redis:// or rediss:// (TLS) URL",
+        ),
+        // TLS to Redis always verifies; a CA file only goes with TLS URLs.
+        (
+            vec![
+                "--redis-url",
+                "rediss://127.0.0.1:1/#insecure",
+                "--database-url",
+                "postgres://127.0.0.1:1/x",
+            ],
+            "rediss:// always verifies Redis's certificate",
+        ),
+        (
+            vec![
+                "--redis-url",
+                "redis://127.0.0.1:1/",
+                "--redis-ca-file",
+                "ca.pem",
+                "--database-url",
+                "postgres://127.0.0.1:1/x",
+            ],
+            "cluster.redis_ca_file is set but cluster.redis_url is not a rediss:// (TLS) URL",
+        ),
+        (
+            vec!["--database-ca-file", "ca.pem"],
+            "persistence.database_ca_file is set but persistence.database_url is not",
+        ),
+        (
+            vec![
+                "--database-url",
+                "postgres://127.0.0.1:1/x?sslmode=require",
+                "--database-ca-file",
+                "/nonexistent/ca.pem",
+            ],
+            "persistence.database_ca_file: cannot read /nonexistent/ca.pem",
+        ),
+        (
+            vec![
+                "--database-url",
+                "postgres://127.0.0.1:1/x?sslmode=require",
+                "--database-ca-file",
+                "Cargo.toml",
+            ],
+            "persistence.database_ca_file: no certificate found in Cargo.toml",
         ),
     ] {
         let out = Command::new(BIN)

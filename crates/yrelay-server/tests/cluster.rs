@@ -10,7 +10,9 @@
 //!   serving its own clients, `/readyz` says `degraded`, and once Redis is back every client
 //!   converges without reconnecting;
 //! - PostgreSQL is restarted under load: readiness goes false meanwhile, and no accepted
-//!   update is lost (a fresh node loads every one).
+//!   update is lost (a fresh node loads every one);
+//! - with Redis and PostgreSQL speaking only TLS, nodes reach both over verified TLS
+//!   (`rediss://`, `sslmode=require`, CA files), and refuse a certificate they cannot verify.
 //!
 //! Without redis-server, PostgreSQL or node the tests print SKIPPED, unless
 //! `YRELAY_REQUIRE_SERVICES=1`. They run one at a time (each starts its own services).
@@ -36,14 +38,22 @@ const CONVERGE: Duration = Duration::from_secs(40);
 /// One cluster test at a time: each runs several processes and its own services.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// Redis, PostgreSQL and the npm packages, or `None` after a SKIPPED line.
-fn services(test: &str) -> Option<(PrivateRedis, PrivatePostgres)> {
+/// Whether node or the npm packages are missing (after a SKIPPED line).
+fn services_missing(test: &str) -> bool {
     if common::find_on_path("node").is_none() {
         common::skip_or_fail(test, "`node` not found on PATH", HINT);
-        return None;
+        return true;
     }
     if let Err(reason) = common::ensure_compat_packages(&compat_dir()) {
         common::skip_or_fail(test, &reason, HINT);
+        return true;
+    }
+    false
+}
+
+/// Redis, PostgreSQL and the npm packages, or `None` after a SKIPPED line.
+fn services(test: &str) -> Option<(PrivateRedis, PrivatePostgres)> {
+    if services_missing(test) {
         return None;
     }
     let redis = PrivateRedis::start(test)?;
@@ -73,6 +83,13 @@ impl Node {
 
     /// With `toml` as its configuration file.
     fn start_with(id: &str, redis: &str, database: &str, dir: &Path, toml: &str) -> Node {
+        let node = Self::launch(id, redis, database, dir, toml);
+        node.wait_connected();
+        node
+    }
+
+    /// [`Self::start_with`] without waiting for Redis.
+    fn launch(id: &str, redis: &str, database: &str, dir: &Path, toml: &str) -> Node {
         let config = dir.join(format!("{id}.toml"));
         std::fs::write(&config, toml).unwrap();
         let log = dir.join(format!("{id}.log"));
@@ -105,14 +122,12 @@ impl Node {
                     std::fs::read_to_string(&log).unwrap_or_default()
                 )
             });
-        let node = Node {
+        Node {
             id: id.to_owned(),
             child,
             addr,
             log,
-        };
-        node.wait_connected();
-        node
+        }
     }
 
     fn url(&self) -> String {
@@ -667,4 +682,145 @@ fn migrate_moves_a_single_node_into_postgres() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A self-signed certificate for 127.0.0.1 as server files in `dir`, and its PEM path (the
+/// CA to trust).
+fn self_signed(dir: &Path, name: &str) -> (yrelay_testkit::TlsFiles, PathBuf) {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let files = yrelay_testkit::TlsFiles {
+        cert: dir.join(format!("{name}.crt")),
+        key: dir.join(format!("{name}.key")),
+    };
+    std::fs::write(&files.cert, cert.cert.pem()).unwrap();
+    std::fs::write(&files.key, cert.signing_key.serialize_pem()).unwrap();
+    (files.clone(), files.cert)
+}
+
+#[test]
+fn nodes_reach_redis_and_postgres_over_verified_tls() {
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let test = "nodes_reach_redis_and_postgres_over_verified_tls";
+    if services_missing(test) {
+        return;
+    }
+    let dir = scratch();
+    let (redis_files, redis_ca) = self_signed(dir.path(), "redis");
+    let (pg_files, pg_ca) = self_signed(dir.path(), "pg");
+    // Both accept nothing but TLS: plain TCP to Redis has no port, and PostgreSQL's
+    // pg_hba.conf rejects connections without it.
+    let Some(redis) = PrivateRedis::start_tls(test, &redis_files) else {
+        return;
+    };
+    let Some(pg) = PrivatePostgres::start_tls(test, &pg_files) else {
+        return;
+    };
+    let redis_url = redis.url();
+    assert!(redis_url.starts_with("rediss://"), "{redis_url}");
+    let database = format!("{}?sslmode=require", pg.url());
+    let toml = format!(
+        "[cluster]\nresync_interval_ms = 2000\nredis_ca_file = {:?}\n\
+         [persistence]\ndatabase_ca_file = {:?}\n",
+        redis_ca.display().to_string(),
+        pg_ca.display().to_string()
+    );
+    let n1 = Node::start_with("n1", &redis_url, &database, dir.path(), &toml);
+    let n2 = Node::start_with("n2", &redis_url, &database, dir.path(), &toml);
+    let mut a = Puppet::start(&n1.url(), "secret-doc", "a");
+    let mut b = Puppet::start(&n2.url(), "secret-doc", "b");
+    a.wait_synced();
+    b.wait_synced();
+    a.insert("<a over tls>");
+    b.insert("<b over tls>");
+    converge(
+        &mut [&mut a, &mut b],
+        &["<a over tls>".to_owned(), "<b over tls>".to_owned()],
+    );
+    for n in [&n1, &n2] {
+        let (status, body) = http_get(n.addr, "/readyz").unwrap();
+        assert_eq!((status, body.as_str()), (200, "ready\n"), "{}", n.id);
+        let received = metric(n.addr, "yrelay_cluster_received_total{kind=\"update\"}");
+        assert!(received.is_some_and(|v| v >= 1.0), "{}: {received:?}", n.id);
+    }
+
+    // `yrelay migrate` over TLS: a single node's room lands in the TLS-only database and the
+    // cluster serves it.
+    let data = dir.path().join("single");
+    let (mut single, addr) = single_node(&data);
+    let mut writer = Puppet::start(&format!("ws://{addr}"), "moved", "w");
+    writer.wait_synced();
+    writer.insert("moved over tls");
+    wait_for("the single node to store the edit", || {
+        http_get(addr, "/v1/rooms/moved/json").is_some_and(|(_, j)| j.contains("moved over tls"))
+    });
+    drop(writer);
+    Command::new("kill")
+        .args(["-TERM", &single.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(single.wait().unwrap().success());
+    let out = Command::new(BIN)
+        .arg("migrate")
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--database-url", &database])
+        .arg("--database-ca-file")
+        .arg(&pg_ca)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("moved"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, json) = http_get(n2.addr, "/v1/rooms/moved/json").unwrap();
+    assert_eq!(status, 200);
+    assert!(json.contains("moved over tls"), "{json}");
+
+    // Trusting the wrong CA for Redis: the node serves its own clients but never reaches
+    // Redis, and says why.
+    let (_, wrong_ca) = self_signed(dir.path(), "other");
+    let wrong = format!(
+        "[cluster]\nredis_ca_file = {:?}\n[persistence]\ndatabase_ca_file = {:?}\n",
+        wrong_ca.display().to_string(),
+        pg_ca.display().to_string()
+    );
+    let n3 = Node::launch("n3", &redis_url, &database, dir.path(), &wrong);
+    wait_for("n3 to report why Redis is unreachable", || {
+        http_get(n3.addr, "/readyz").is_some_and(|(status, body)| {
+            status == 200
+                && body.starts_with("degraded: redis unreachable")
+                && body.contains("certificate")
+        })
+    });
+    assert_eq!(metric(n3.addr, "yrelay_redis_up"), Some(0.0));
+
+    // Without the database's CA (webpki roots only) or without sslmode=require, a node
+    // does not start, and says why.
+    let refused = |database: &str, toml: &str| {
+        std::fs::write(dir.path().join("refused.toml"), toml).unwrap();
+        let out = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(dir.path().join("refused.toml"))
+            .env("YRELAY_REDIS_URL", &redis_url)
+            .env("YRELAY_REDIS_CA_FILE", &redis_ca)
+            .env("YRELAY_DATABASE_URL", database)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused(&database, "");
+    assert!(err.contains("invalid peer certificate"), "{err}");
+    let err = refused(&pg.url(), "");
+    assert!(err.contains("no encryption"), "{err}");
+    let err = refused(
+        &pg.url(),
+        &format!(
+            "[persistence]\ndatabase_ca_file = {:?}\n",
+            pg_ca.display().to_string()
+        ),
+    );
+    assert!(err.contains("add sslmode=require"), "{err}");
 }
