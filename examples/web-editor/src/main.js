@@ -187,8 +187,13 @@ async function start () {
     $('chat-input').value = ''
   })
 
-  // Versions, through the REST API (list: viewer; save: editor; restore: owner).
-  const renderVersions = async () => {
+  // Versions, through the REST API (list: viewer; save: editor; restore: owner). A page that
+  // saves or restores one says so in its awareness state (`versions`: a stamp), so the other
+  // pages on the room refresh their lists at once; versions made elsewhere (the API, the CLI,
+  // the server's automatic ones) show within the 10 s poll.
+  const versionStamps = new Map()
+  const refreshes = [] // why each successful refresh happened (for the browser test)
+  const renderVersions = async (reason) => {
     try {
       const { versions } = await api('/versions')
       $('versions').replaceChildren(...versions.map((v) => {
@@ -200,13 +205,18 @@ async function start () {
           b.type = 'button'
           b.textContent = 'Restore'
           b.addEventListener('click', async () => {
-            try { await api(`/versions/${v.id}/restore`, { method: 'POST' }); $('version-error').textContent = '' } catch (err) { $('version-error').textContent = err.message }
+            try {
+              await api(`/versions/${v.id}/restore`, { method: 'POST' })
+              $('version-error').textContent = ''
+              announceVersions()
+            } catch (err) { $('version-error').textContent = err.message }
           })
           li.append(b)
         }
         return li
       }))
       $('version-error').textContent = ''
+      refreshes.push(reason)
     } catch (err) {
       $('version-error').textContent = err.message
     }
@@ -221,16 +231,29 @@ async function start () {
         body: JSON.stringify({ label: $('version-label').value.trim() || undefined })
       })
       $('version-label').value = ''
+      announceVersions()
     } catch (err) {
       $('version-error').textContent = err.message
     }
-    renderVersions()
+    renderVersions('self')
   })
-  renderVersions()
-  setInterval(renderVersions, 10000)
+  const announceVersions = () => provider.awareness.setLocalStateField('versions', Date.now())
+  provider.awareness.on('change', () => {
+    let changed = false
+    provider.awareness.getStates().forEach((state, clientId) => {
+      if (clientId === doc.clientID || state.versions === undefined) return
+      if (versionStamps.get(clientId) !== state.versions) {
+        changed = true
+        versionStamps.set(clientId, state.versions)
+      }
+    })
+    if (changed) renderVersions('peer')
+  })
+  renderVersions('load')
+  setInterval(() => renderVersions('poll'), 10000)
 
   // For the browser test and for curious people in the devtools console.
-  window.__demo = { doc, provider, ytext, chat, meta, view, room, name }
+  window.__demo = { doc, provider, ytext, chat, meta, view, room, name, versionRefreshes: () => refreshes.slice() }
 }
 
 start()

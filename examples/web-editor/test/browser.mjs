@@ -108,7 +108,10 @@ try {
   })
   step('after reconnecting, the offline edits merged on both pages')
 
-  // A version saved from the page shows in its list.
+  // A version saved from the page shows in its list, and at once on the other page: the
+  // saving page announces it through awareness (not the other page's 10 s poll).
+  const refreshes = (page) => page.evaluate(() => window.__demo.versionRefreshes())
+  const before = (await refreshes(b)).length
   await a.fill('#version-label', 'after the demo')
   await a.click('#version-form button')
   await waitFor('the saved version in the list', async () => {
@@ -116,6 +119,13 @@ try {
     return list.includes('after the demo') || list
   })
   step('a named version saved from the page is listed')
+  await waitFor("the saved version in the other page's list", async () => {
+    const list = await b.locator('#versions').innerText()
+    return list.includes('after the demo') || list
+  })
+  const since = (await refreshes(b)).slice(before)
+  if (!since.includes('peer')) fail(`the other page refreshed only by ${JSON.stringify(since)}, not on the announcement`)
+  step("the other page's list refreshed at once, on the saving page's announcement")
 
   // Screenshot: both editors side by side.
   await a.locator('.cm-content').click()
